@@ -1,0 +1,52 @@
+# kube-router for Python: make targets are the interface. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+IMAGE ?= kube-router-py:dev
+MDLINT := .tools/node_modules/.bin/markdownlint
+MD_FILES := README.md docs
+
+.DEFAULT_GOAL := help
+
+.PHONY: help setup test test-unit lint fmt fmt-check bench demo demo-down container clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: ## install apt packages, the virtualenv and tools (idempotent)
+	@bash scripts/setup.sh
+
+test: setup ## run every test tier this machine supports, with coverage
+	@bash scripts/test.sh
+
+test-unit: setup ## run only the unit tier
+	@$(PY) -m pytest tests/unit -q
+
+lint: setup ## ruff, mypy --strict on src/, markdownlint on README and docs
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy src
+	$(MDLINT) $(MD_FILES)
+
+fmt: setup ## format the code with ruff
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+fmt-check: setup ## check formatting without changing files
+	$(VENV)/bin/ruff format --check src tests bench
+
+bench: setup ## run the benchmarks under bench/ (figures go into docs/benchmarks.md)
+	$(PY) bench/informer.py
+
+demo: setup ## start a lab cluster on this machine (API server + nodes in netns + agents)
+	$(PY) -m kube_router.lab.demo up
+
+demo-down: setup ## tear down what `make demo` left behind
+	$(PY) -m kube_router.lab.demo down
+
+container: ## build the container image (needs a Docker engine)
+	@if ! docker info >/dev/null 2>&1; then echo "container: no Docker engine reachable (docker info failed)" >&2; exit 1; fi
+	docker build -t $(IMAGE) .
+
+clean: ## remove the virtualenv, caches and build output
+	rm -rf $(VENV) .tools .stamps .mypy_cache .ruff_cache .pytest_cache .coverage coverage.xml build dist src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

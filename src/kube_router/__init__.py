@@ -1,0 +1,1 @@
+"""kube-router for Python: a Kubernetes node networking agent compatible with kube-router."""
