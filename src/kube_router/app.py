@@ -1,0 +1,246 @@
+"""The agent process: start-up order, barriers, supervision and shutdown (upstream's model).
+
+Health server first, then metrics, then the informers (the process fails when caches do not
+sync within ``--cache-sync-timeout``), then the controllers in upstream's order, each only when
+its ``--run-*`` flag is on: routing, [wait CNIFirewallSetup if the firewall runs], service proxy,
+[wait ProxyFirewallSetup if the firewall runs], network policy, load-balancer allocator.
+Any root task that ends (crash or not) ends the process with status 1; SIGTERM and SIGINT stop
+it cleanly with status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
+
+from kube_router import health, metrics
+from kube_router.controllers.base import Barriers, Controller, PendingController, RunContext
+from kube_router.k8s.client import ApiError, ConfigError, KubeClient
+from kube_router.k8s.informers import CacheSyncTimeoutError, Informers
+from kube_router.node import NodeIdentityError, identify, node_name
+
+if TYPE_CHECKING:
+    from kube_router.config import Config
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+
+class StartupError(Exception):
+    """The agent cannot start; the message says why."""
+
+
+ControllerFactory = Callable[[RunContext], Controller]
+
+
+def _pending(name: str, period_attr: str, barrier: str | None = None) -> ControllerFactory:
+    def make(ctx: RunContext) -> Controller:
+        releases = [getattr(ctx.barriers, barrier)] if barrier else []
+        return PendingController(ctx, name, float(getattr(ctx.config, period_attr)), releases)
+
+    return make
+
+
+# Controller factories by role. The controller issues replace these entries.
+FACTORIES: dict[str, ControllerFactory] = {
+    "router": _pending(health.ROUTES, "routes_sync_period", "cni_firewall_setup"),
+    "proxy": _pending(health.SERVICES, "ipvs_sync_period", "proxy_firewall_setup"),
+    "firewall": _pending(health.POLICY, "iptables_sync_period"),
+    "loadbalancer": _pending(health.LOADBALANCER, "loadbalancer_sync_period"),
+}
+
+
+class Agent:
+    """Owns every long-lived task; ``run`` returns the process exit status."""
+
+    def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.env = dict(os.environ if env is None else env)
+        self.stop_event = asyncio.Event()
+        self.checker = health.HealthChecker()
+        self.metrics: metrics.Metrics | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._crashed: tuple[str, BaseException | None] | None = None
+        self._wake = asyncio.Event()
+        self._servers: list[health.HealthServer | metrics.MetricsServer] = []
+        self.client: KubeClient | None = None
+        self.informers: Informers | None = None
+
+    # --- supervision -------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        return self._adopt(asyncio.create_task(coro, name=name))
+
+    def _adopt(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+        self._tasks.append(task)
+        task.add_done_callback(self._on_done)
+        return task
+
+    def _on_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self._crashed is not None:
+            return
+        self._crashed = (task.get_name(), task.exception())
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+        self._wake.set()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self._start()
+            await self._wake.wait()
+        except (StartupError, ConfigError, OSError) as err:
+            log.error("%s", err)
+            return EXIT_FAILURE
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self._shutdown()
+        return self._exit_status()
+
+    def _exit_status(self) -> int:
+        if self._crashed is None:
+            log.info("stopped")
+            return EXIT_OK
+        name, exc = self._crashed
+        if exc is None:
+            log.error("root task %s ended unexpectedly; exiting", name)
+        elif isinstance(exc, StartupError):
+            log.error("%s", exc)
+        else:
+            log.error("root task %s failed; exiting", name, exc_info=exc)
+        return EXIT_FAILURE
+
+    async def _start(self) -> None:
+        cfg = self.config
+        self.client = await KubeClient.from_flags(cfg.kubeconfig, cfg.master)
+        await self._start_servers()
+        self.informers = Informers(self.client)
+        for task in self.informers.start():
+            self._adopt(task)
+        await self._wait_synced(self.informers)
+        ctx = RunContext(
+            cfg,
+            self.client,
+            self.informers,
+            self._identify(),
+            self.checker,
+            self.metrics,
+            Barriers(),
+        )
+        self.spawn(self.checker.run_checks(), "health-checks")
+        self.spawn(self._start_controllers(ctx), "controller-starter")
+
+    async def _start_servers(self) -> None:
+        cfg = self.config
+        hs = health.HealthServer(self.checker, cfg.health_addr, cfg.health_port)
+        await hs.start()
+        self._servers.append(hs)
+        if metrics.metrics_enabled(cfg.metrics_port):
+            self.metrics = metrics.Metrics()
+            ms = metrics.MetricsServer(
+                self.metrics, cfg.metrics_addr, cfg.metrics_port, cfg.metrics_path
+            )
+            await ms.start()
+            self._servers.append(ms)
+            self.checker.register(health.METRICS, metrics.SYNC_PERIOD_S)
+            self.spawn(
+                metrics.heartbeat_loop(lambda: self.checker.beat(health.METRICS)),
+                "metrics-heartbeat",
+            )
+
+    async def _wait_synced(self, informers: Informers) -> None:
+        waiter = asyncio.ensure_future(
+            informers.wait_for_cache_sync(self.config.cache_sync_timeout)
+        )
+        stopper = asyncio.ensure_future(self._wake.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not waiter.done():
+            waiter.cancel()
+            return
+        try:
+            waiter.result()
+        except CacheSyncTimeoutError as err:
+            raise StartupError(f"{err} (--cache-sync-timeout)") from err
+
+    def _identify(self) -> Any:
+        assert self.informers is not None
+        name = node_name(self.config.hostname_override, self.env)
+        node = self.informers.nodes.store.get(name)
+        if node is None:
+            raise StartupError(
+                f"node {name!r} not found in the API (set NODE_NAME or --hostname-override)"
+            )
+        try:
+            ident = identify(node, self.config.enable_ipv4, self.config.enable_ipv6)
+        except NodeIdentityError as err:
+            raise StartupError(str(err)) from err
+        log.info(
+            "node %s: primary IP %s on %s (MTU %s)",
+            ident.name,
+            ident.primary_ip,
+            ident.link.name if ident.link else "?",
+            ident.mtu,
+        )
+        return ident
+
+    async def _start_controllers(self, ctx: RunContext) -> None:
+        cfg = self.config
+        if cfg.run_loadbalancer and not (cfg.pod_name and cfg.pod_namespace):
+            raise StartupError("--run-loadbalancer needs POD_NAME and POD_NAMESPACE")
+        order = [
+            ("router", cfg.run_router, "cni_firewall_setup"),
+            ("proxy", cfg.run_service_proxy, "proxy_firewall_setup"),
+            ("firewall", cfg.run_firewall, None),
+            ("loadbalancer", cfg.run_loadbalancer, None),
+        ]
+        for role, enabled, barrier in order:
+            if not enabled:
+                continue
+            ctrl = FACTORIES[role](ctx)
+            self.checker.register(ctrl.name, ctrl.sync_period)
+            self.spawn(ctrl.run(), f"controller-{role}")
+            if barrier and cfg.run_firewall:
+                log.debug("waiting for %s", barrier)
+                await getattr(ctx.barriers, barrier).wait()
+        # Keep this root task alive: its ending would read as a crash.
+        await asyncio.Event().wait()
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for server in self._servers:
+            await server.stop()
+        if self.client is not None:
+            await self.client.close()
+
+
+async def run(config: Config) -> int:
+    """Run the agent until a signal or a failure; return the exit status."""
+    try:
+        return await Agent(config).run()
+    except ApiError as err:
+        log.error("%s", err)
+        return EXIT_FAILURE
+
+
+async def cleanup(config: Config) -> int:
+    """``--cleanup-config``: remove what the controllers own, then exit."""
+    del config
+    for role in ("proxy", "router", "firewall"):
+        log.info("cleanup: the %s controller is not implemented yet; nothing of it to remove", role)
+    return EXIT_OK
