@@ -104,6 +104,9 @@ class Agent:
         except (StartupError, ConfigError, OSError) as err:
             log.error("%s", err)
             return EXIT_FAILURE
+        except Exception:
+            log.exception("start-up failed")
+            return EXIT_FAILURE
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -135,7 +138,7 @@ class Agent:
             cfg,
             self.client,
             self.informers,
-            self._identify(),
+            await self._identify(),
             self.checker,
             self.metrics,
             Barriers(),
@@ -176,7 +179,7 @@ class Agent:
         except CacheSyncTimeoutError as err:
             raise StartupError(f"{err} (--cache-sync-timeout)") from err
 
-    def _identify(self) -> Any:
+    async def _identify(self) -> Any:
         assert self.informers is not None
         name = node_name(self.config.hostname_override, self.env)
         node = self.informers.nodes.store.get(name)
@@ -185,7 +188,10 @@ class Agent:
                 f"node {name!r} not found in the API (set NODE_NAME or --hostname-override)"
             )
         try:
-            ident = identify(node, self.config.enable_ipv4, self.config.enable_ipv6)
+            # pyroute2's synchronous API runs its own event loop: keep it off ours.
+            ident = await asyncio.to_thread(
+                identify, node, self.config.enable_ipv4, self.config.enable_ipv6
+            )
         except NodeIdentityError as err:
             raise StartupError(str(err)) from err
         log.info(

@@ -15,12 +15,20 @@ from kube_router.k8s.informers import SERVICE_NAME_INDEX, Informers
 from kube_router.lab.apiserver import LabServer
 
 
-def pod(name: str, ns: str = "default", labels: dict[str, str] | None = None,
-        node: str = "n1", ip: str = "10.0.0.1") -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
-            "spec": {"nodeName": node, "containers": [{"name": "c"}]},
-            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+def pod(
+    name: str,
+    ns: str = "default",
+    labels: dict[str, str] | None = None,
+    node: str = "n1",
+    ip: str = "10.0.0.1",
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
+        "spec": {"nodeName": node, "containers": [{"name": "c"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+    }
 
 
 class Recorder:
@@ -29,9 +37,11 @@ class Recorder:
         self.changed = asyncio.Event()
 
     def handler(self) -> FuncHandler[models.Pod]:
-        return FuncHandler(add=lambda o: self._rec("add", o),
-                           update=lambda _o, n: self._rec("update", n),
-                           delete=lambda o: self._rec("delete", o))
+        return FuncHandler(
+            add=lambda o: self._rec("add", o),
+            update=lambda _o, n: self._rec("update", n),
+            delete=lambda o: self._rec("delete", o),
+        )
 
     def _rec(self, kind: str, obj: models.Pod) -> None:
         self.events.append((kind, obj.metadata.name))
@@ -42,13 +52,15 @@ class Recorder:
             while not pred():
                 self.changed.clear()
                 await self.changed.wait()
+
         await asyncio.wait_for(loop(), timeout)
 
 
 @pytest.fixture
 async def pods(kube: KubeClient) -> AsyncIterator[Informer[models.Pod]]:
-    inf: Informer[models.Pod] = Informer(kube, resources.PODS, page_size=3,
-                                         watch_timeout_range=(30, 30))
+    inf: Informer[models.Pod] = Informer(
+        kube, resources.PODS, page_size=3, watch_timeout_range=(30, 30)
+    )
     task = asyncio.create_task(inf.run())
     try:
         yield inf
@@ -64,15 +76,15 @@ async def test_paginated_list_fills_store(lab: LabServer, kube: KubeClient) -> N
     try:
         assert await inf.wait_synced(5)
         assert sorted(p.metadata.name for p in inf.store.list()) == sorted(
-            f"p{i}" for i in range(10))
+            f"p{i}" for i in range(10)
+        )
         assert inf.store.get("default/p3").status.pod_ip == "10.0.0.3"  # type: ignore[union-attr]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_watch_delivers_add_update_delete(lab: LabServer,
-                                                pods: Informer[models.Pod]) -> None:
+async def test_watch_delivers_add_update_delete(lab: LabServer, pods: Informer[models.Pod]) -> None:
     rec = Recorder()
     pods.add_handler(rec.handler())
     assert await pods.wait_synced(5)
@@ -88,8 +100,9 @@ async def test_watch_delivers_add_update_delete(lab: LabServer,
     assert pods.store.get("default/a") is None
 
 
-async def test_bookmarks_advance_resource_version(lab: LabServer,
-                                                  pods: Informer[models.Pod]) -> None:
+async def test_bookmarks_advance_resource_version(
+    lab: LabServer, pods: Informer[models.Pod]
+) -> None:
     assert await pods.wait_synced(5)
     lab.store.create("namespaces", {"metadata": {"name": "elsewhere"}})
     target = str(lab.store.resource_version)
@@ -118,8 +131,9 @@ async def test_410_gone_relists_and_diffs(lab: LabServer, pods: Informer[models.
     assert sorted(pods.store.key_list()) == ["default/keep", "default/new"]
 
 
-async def test_dropped_watch_reconnects_without_relist(lab: LabServer,
-                                                       pods: Informer[models.Pod]) -> None:
+async def test_dropped_watch_reconnects_without_relist(
+    lab: LabServer, pods: Informer[models.Pod]
+) -> None:
     rec = Recorder()
     pods.add_handler(rec.handler())
     assert await pods.wait_synced(5)
@@ -134,8 +148,9 @@ async def test_selectors_filter(lab: LabServer, kube: KubeClient) -> None:
     lab.store.create("pods", pod("on-n1", node="n1", labels={"app": "a"}))
     lab.store.create("pods", pod("on-n2", node="n2", labels={"app": "a"}))
     lab.store.create("pods", pod("other", node="n1", labels={"app": "b"}))
-    inf: Informer[models.Pod] = Informer(kube, resources.PODS, label_selector="app=a",
-                                         field_selector="spec.nodeName=n1")
+    inf: Informer[models.Pod] = Informer(
+        kube, resources.PODS, label_selector="app=a", field_selector="spec.nodeName=n1"
+    )
     task = asyncio.create_task(inf.run())
     try:
         assert await inf.wait_synced(5)
@@ -146,14 +161,23 @@ async def test_selectors_filter(lab: LabServer, kube: KubeClient) -> None:
 
 
 async def test_informer_set_indexes_endpointslices(lab: LabServer, kube: KubeClient) -> None:
-    lab.store.create("endpointslices", {
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "web-abc", "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": "web"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": ["10.0.0.5"], "conditions": {"ready": True},
-                       "nodeName": "n1"}],
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
+    lab.store.create(
+        "endpointslices",
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "web-abc",
+                "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "web"},
+            },
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.0.0.5"], "conditions": {"ready": True}, "nodeName": "n1"}
+            ],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        },
+    )
     infs = Informers(kube)
     infs.start()
     try:

@@ -14,14 +14,21 @@ from kube_router.lab.apiserver import LabServer
 
 
 def _cfg(identity: str) -> LeaderElectionConfig:
-    return LeaderElectionConfig("kube-system", "kube-router-lballoc", identity,
-                                lease_duration=1.0, renew_deadline=0.8, retry_period=0.1)
+    return LeaderElectionConfig(
+        "kube-system",
+        "kube-router-lballoc",
+        identity,
+        lease_duration=1.0,
+        renew_deadline=0.8,
+        retry_period=0.1,
+    )
 
 
 async def _until(pred: Any, timeout: float = 5.0) -> None:
     async def loop() -> None:
         while not pred():
             await asyncio.sleep(0.05)
+
     await asyncio.wait_for(loop(), timeout)
 
 
@@ -44,11 +51,19 @@ async def test_one_leader_and_handover_on_release(lab: LabServer, kube: KubeClie
 
 
 async def test_expired_lease_is_taken_over(lab: LabServer, kube: KubeClient) -> None:
-    lab.store.create("leases", {
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": "kube-router-lballoc", "namespace": "kube-system"},
-        "spec": {"holderIdentity": "dead", "leaseDurationSeconds": 1,
-                 "renewTime": "2020-01-01T00:00:00.000000Z"}})
+    lab.store.create(
+        "leases",
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "kube-router-lballoc", "namespace": "kube-system"},
+            "spec": {
+                "holderIdentity": "dead",
+                "leaseDurationSeconds": 1,
+                "renewTime": "2020-01-01T00:00:00.000000Z",
+            },
+        },
+    )
     e = LeaderElector(kube, _cfg("me"))
     task = asyncio.create_task(e.run())
     try:
@@ -59,9 +74,12 @@ async def test_expired_lease_is_taken_over(lab: LabServer, kube: KubeClient) -> 
 
 
 def _svc() -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "lb", "namespace": "default"},
-            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "lb", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
+    }
 
 
 async def test_status_update_retries_on_conflict(lab: LabServer, kube: KubeClient) -> None:

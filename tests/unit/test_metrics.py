@@ -9,16 +9,16 @@ from kube_router import metrics
 from kube_router.version import PYTHON_VERSION, VERSION
 
 
-@pytest.mark.parametrize(("port", "enabled"), [(0, False), (1, True), (65534, True),
-                                               (65535, False), (-1, False)])
+@pytest.mark.parametrize(
+    ("port", "enabled"), [(0, False), (1, True), (65534, True), (65535, False), (-1, False)]
+)
 def test_metrics_enabled_range(port: int, enabled: bool) -> None:
     assert metrics.metrics_enabled(port) is enabled
 
 
 def test_build_info_and_process_metrics() -> None:
     text = metrics.Metrics().render().decode()
-    assert (f'kube_router_build_info{{goversion="{PYTHON_VERSION}",version="{VERSION}"}} 1.0'
-            in text)
+    assert f'kube_router_build_info{{goversion="{PYTHON_VERSION}",version="{VERSION}"}} 1.0' in text
     assert "process_resident_memory_bytes" in text
     assert "python_info" in text
 

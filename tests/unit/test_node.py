@@ -13,26 +13,35 @@ from kube_router.k8s import models
 def _node(*addrs: tuple[str, str]) -> models.Node:
     return models.Node(
         metadata=models.ObjectMeta(name="n1"),
-        status=models.NodeStatus(addresses=[models.NodeAddress(type=t, address=a)
-                                            for t, a in addrs]),
+        status=models.NodeStatus(
+            addresses=[models.NodeAddress(type=t, address=a) for t, a in addrs]
+        ),
     )
 
 
 @pytest.mark.parametrize(
     ("addrs", "primary", "v4", "v6"),
     [
-        ([("Hostname", "n1"), ("InternalIP", "10.0.0.1"), ("ExternalIP", "1.2.3.4")],
-         "10.0.0.1", "10.0.0.1", None),
+        (
+            [("Hostname", "n1"), ("InternalIP", "10.0.0.1"), ("ExternalIP", "1.2.3.4")],
+            "10.0.0.1",
+            "10.0.0.1",
+            None,
+        ),
         ([("ExternalIP", "1.2.3.4")], "1.2.3.4", "1.2.3.4", None),
-        ([("InternalIP", "fd00::1"), ("InternalIP", "10.0.0.1")], "fd00::1", "10.0.0.1",
-         "fd00::1"),
-        ([("InternalIP", "10.0.0.1"), ("ExternalIP", "2001:db8::1")], "10.0.0.1", "10.0.0.1",
-         "2001:db8::1"),
+        ([("InternalIP", "fd00::1"), ("InternalIP", "10.0.0.1")], "fd00::1", "10.0.0.1", "fd00::1"),
+        (
+            [("InternalIP", "10.0.0.1"), ("ExternalIP", "2001:db8::1")],
+            "10.0.0.1",
+            "10.0.0.1",
+            "2001:db8::1",
+        ),
         ([("InternalIP", "bogus"), ("InternalIP", "10.0.0.2")], "10.0.0.2", "10.0.0.2", None),
     ],
 )
-def test_primary_and_best(addrs: list[tuple[str, str]], primary: str, v4: str | None,
-                          v6: str | None) -> None:
+def test_primary_and_best(
+    addrs: list[tuple[str, str]], primary: str, v4: str | None, v6: str | None
+) -> None:
     n = _node(*addrs)
     assert node.primary_ip(n) == ipaddress.ip_address(primary)
     assert node.best_ip(n, 4) == (ipaddress.ip_address(v4) if v4 else None)

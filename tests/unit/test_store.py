@@ -19,7 +19,9 @@ def test_index_follows_upserts_and_removals() -> None:
     store.upsert(_slice("b-1", "b", ns="x"))
     store.upsert(_slice("orphan", None))
     assert sorted(s.metadata.name for s in store.by_index(SERVICE_NAME_INDEX, "default/a")) == [
-        "a-1", "a-2"]
+        "a-1",
+        "a-2",
+    ]
     assert [s.metadata.name for s in store.by_index(SERVICE_NAME_INDEX, "x/b")] == ["b-1"]
     # relabel a-2 to service b in default
     old = store.upsert(_slice("a-2", "b"))

@@ -62,8 +62,12 @@ def node_objects(topo: netns.Topology) -> list[dict[str, Any]]:
             "kind": "Node",
             "metadata": {"name": n.name, "labels": {"kubernetes.io/hostname": n.name}},
             "spec": {"podCIDR": str(n.pod_cidr), "podCIDRs": [str(n.pod_cidr)]},
-            "status": {"addresses": [{"type": "InternalIP", "address": n.ip},
-                                     {"type": "Hostname", "address": n.name}]},
+            "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": n.ip},
+                    {"type": "Hostname", "address": n.name},
+                ]
+            },
         }
         for n in topo.nodes
     ]
@@ -71,7 +75,13 @@ def node_objects(topo: netns.Topology) -> list[dict[str, Any]]:
 
 def agent_argv(demo: Demo, node: netns.LabNode) -> list[str]:
     return [
-        "ip", "netns", "exec", node.netns, sys.executable, "-m", "kube_router",
+        "ip",
+        "netns",
+        "exec",
+        node.netns,
+        sys.executable,
+        "-m",
+        "kube_router",
         f"--kubeconfig={demo.kubeconfig.resolve()}",
         f"--hostname-override={node.name}",
         f"--health-port={HEALTH_PORT}",
@@ -83,11 +93,18 @@ async def _start_agents(demo: Demo, topo: netns.Topology) -> None:
     for node in topo.nodes:
         log_path = demo.state_dir / f"{node.name}.log"
         with log_path.open("wb") as out:
-            env = {**os.environ, "NODE_NAME": node.name,
-                   "KUBE_ROUTER_CNI_CONF_FILE": str(demo.state_dir / f"{node.name}.conflist")}
+            env = {
+                **os.environ,
+                "NODE_NAME": node.name,
+                "KUBE_ROUTER_CNI_CONF_FILE": str(demo.state_dir / f"{node.name}.conflist"),
+            }
             demo.procs[node.name] = await asyncio.create_subprocess_exec(
-                *agent_argv(demo, node), stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
-                start_new_session=True)
+                *agent_argv(demo, node),
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
 
 
 async def _wait_healthy(topo: netns.Topology, timeout: float) -> list[str]:
@@ -106,17 +123,30 @@ async def _wait_healthy(topo: netns.Topology, timeout: float) -> list[str]:
 
 
 def _summary(demo: Demo, topo: netns.Topology, api_url: str) -> str:
-    lines = ["", "kube-router lab demo is up", "",
-             f"  API server   {api_url}", f"  kubeconfig   {demo.kubeconfig.resolve()}", ""]
+    lines = [
+        "",
+        "kube-router lab demo is up",
+        "",
+        f"  API server   {api_url}",
+        f"  kubeconfig   {demo.kubeconfig.resolve()}",
+        "",
+    ]
     for n in topo.nodes:
-        lines += [f"  {n.name}  netns {n.netns}  IP {n.ip}  pod CIDR {n.pod_cidr}",
-                  f"         health  http://{n.ip}:{HEALTH_PORT}/healthz",
-                  f"         metrics http://{n.ip}:{METRICS_PORT}/metrics",
-                  f"         log     {(demo.state_dir / (n.name + '.log')).resolve()}"]
-    lines += ["", "  Try:  curl http://%s:%d/healthz" % (topo.nodes[0].ip, HEALTH_PORT),
-              f"        kubectl --kubeconfig {demo.kubeconfig.resolve()} get nodes -o wide",
-              f"        ip netns exec {topo.nodes[0].netns} ip addr", "",
-              "  Ctrl-C (or `make demo-down` from another shell) tears it all down.", ""]
+        lines += [
+            f"  {n.name}  netns {n.netns}  IP {n.ip}  pod CIDR {n.pod_cidr}",
+            f"         health  http://{n.ip}:{HEALTH_PORT}/healthz",
+            f"         metrics http://{n.ip}:{METRICS_PORT}/metrics",
+            f"         log     {(demo.state_dir / (n.name + '.log')).resolve()}",
+        ]
+    lines += [
+        "",
+        f"  Try:  curl http://{topo.nodes[0].ip}:{HEALTH_PORT}/healthz",
+        f"        kubectl --kubeconfig {demo.kubeconfig.resolve()} get nodes -o wide",
+        f"        ip netns exec {topo.nodes[0].netns} ip addr",
+        "",
+        "  Ctrl-C (or `make demo-down` from another shell) tears it all down.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -131,14 +161,18 @@ async def _serve_until_stopped(demo: Demo) -> int:
     deadline = None if demo.duration is None else loop.time() + demo.duration
     while not stop.is_set():
         timeout = None if deadline is None else max(0.0, deadline - loop.time())
-        done, pending = await asyncio.wait(pending, timeout=timeout,
-                                           return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait(
+            pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if not done:
             break
         for fut in done:
             if fut in waits:
-                print(f"demo: agent on {waits[fut]} exited with status {fut.result()}; "
-                      f"see {demo.state_dir / (waits[fut] + '.log')}", flush=True)
+                print(
+                    f"demo: agent on {waits[fut]} exited with status {fut.result()}; "
+                    f"see {demo.state_dir / (waits[fut] + '.log')}",
+                    flush=True,
+                )
     for fut in pending:
         fut.cancel()
     return 0
@@ -175,14 +209,23 @@ async def up(demo: Demo) -> int:
         for obj in node_objects(topo):
             server.store.create("nodes", obj)
         await _start_agents(demo, topo)
-        demo.state_file.write_text(json.dumps({
-            "prefix": demo.prefix, "bridge": topo.bridge,
-            "netns": [n.netns for n in topo.nodes],
-            "pids": [p.pid for p in demo.procs.values()], "server_pid": os.getpid()}))
+        demo.state_file.write_text(
+            json.dumps(
+                {
+                    "prefix": demo.prefix,
+                    "bridge": topo.bridge,
+                    "netns": [n.netns for n in topo.nodes],
+                    "pids": [p.pid for p in demo.procs.values()],
+                    "server_pid": os.getpid(),
+                }
+            )
+        )
         unhealthy = await _wait_healthy(topo, READY_TIMEOUT_S)
         if unhealthy:
-            print(f"demo: not healthy after {READY_TIMEOUT_S:g}s: {', '.join(unhealthy)}",
-                  file=sys.stderr)
+            print(
+                f"demo: not healthy after {READY_TIMEOUT_S:g}s: {', '.join(unhealthy)}",
+                file=sys.stderr,
+            )
             return 1
         print(_summary(demo, topo, server.url), flush=True)
         return await _serve_until_stopped(demo)
@@ -220,8 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=2, help="number of nodes (default 2)")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="name prefix of netns/links")
     parser.add_argument("--dir", default=DEFAULT_DIR, help="state directory (kubeconfig, logs)")
-    parser.add_argument("--duration", type=float, default=None,
-                        help="stop by itself after this many seconds (default: run until Ctrl-C)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop by itself after this many seconds (default: run until Ctrl-C)",
+    )
     args = parser.parse_args(argv)
     if args.action == "down":
         return down(args.prefix, Path(args.dir))

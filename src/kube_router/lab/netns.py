@@ -63,22 +63,24 @@ class Topology:
 
 def plan(prefix: str, count: int, subnet: str, pod_supernet: str) -> Topology:
     """Name and number everything; nothing is created yet."""
-    net = ipaddress.ip_network(subnet)
+    net = ipaddress.IPv4Network(subnet)
     hosts = list(net.hosts())
-    pods = list(ipaddress.ip_network(pod_supernet).subnets(new_prefix=24))
+    pods = list(ipaddress.IPv4Network(pod_supernet).subnets(new_prefix=24))
     if count + 1 > len(hosts) or count > len(pods) - 1:
         raise LabNetError(f"{count} nodes do not fit in {subnet} / {pod_supernet}")
     bridge = f"{prefix}br0"[:IFNAMSIZ]
-    gateway = ipaddress.ip_interface(f"{hosts[0]}/{net.prefixlen}")
+    gateway = ipaddress.IPv4Interface(f"{hosts[0]}/{net.prefixlen}")
     nodes = []
     for i in range(1, count + 1):
-        nodes.append(LabNode(
-            name=f"node{i}",
-            netns=f"{prefix}-node{i}",
-            host_veth=f"{prefix}v{i}"[:IFNAMSIZ],
-            address=ipaddress.ip_interface(f"{hosts[9 + i]}/{net.prefixlen}"),
-            pod_cidr=pods[i],
-        ))
+        nodes.append(
+            LabNode(
+                name=f"node{i}",
+                netns=f"{prefix}-node{i}",
+                host_veth=f"{prefix}v{i}"[:IFNAMSIZ],
+                address=ipaddress.IPv4Interface(f"{hosts[9 + i]}/{net.prefixlen}"),
+                pod_cidr=pods[i],
+            )
+        )
     return Topology(prefix, bridge, gateway, tuple(nodes))
 
 
@@ -90,8 +92,18 @@ def create(topo: Topology) -> None:
     for node in topo.nodes:
         ip("netns", "add", node.netns)
         ip("link", "set", "lo", "up", netns=node.netns)
-        ip("link", "add", node.host_veth, "type", "veth", "peer", "name", "eth0",
-           "netns", node.netns)
+        ip(
+            "link",
+            "add",
+            node.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            node.netns,
+        )
         ip("link", "set", node.host_veth, "master", topo.bridge, "up")
         ip("addr", "add", str(node.address), "dev", "eth0", netns=node.netns)
         ip("link", "set", "eth0", "up", netns=node.netns)
