@@ -43,6 +43,9 @@ class Demo:
     state_dir: Path
     nodes: int
     duration: float | None = None
+    subnet: str = SUBNET
+    pod_supernet: str = POD_SUPERNET
+    api_port: int = API_PORT
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
 
     @property
@@ -198,8 +201,8 @@ async def up(demo: Demo) -> int:
         return 1
     down(demo.prefix, demo.state_dir, quiet=True)
     demo.state_dir.mkdir(parents=True, exist_ok=True)
-    topo = netns.plan(demo.prefix, demo.nodes, SUBNET, POD_SUPERNET)
-    server = LabServer(host=str(topo.gateway.ip), port=API_PORT)
+    topo = netns.plan(demo.prefix, demo.nodes, demo.subnet, demo.pod_supernet)
+    server = LabServer(host=str(topo.gateway.ip), port=demo.api_port)
     try:
         netns.create(topo)
         await server.start()
@@ -269,10 +272,28 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="stop by itself after this many seconds (default: run until Ctrl-C)",
     )
+    parser.add_argument("--subnet", default=SUBNET, help=f"node network (default {SUBNET})")
+    parser.add_argument(
+        "--pod-supernet",
+        default=POD_SUPERNET,
+        help=f"pod CIDRs are /24s of this (default {POD_SUPERNET})",
+    )
+    parser.add_argument(
+        "--api-port", type=int, default=API_PORT, help=f"lab API server port (default {API_PORT})"
+    )
     args = parser.parse_args(argv)
     if args.action == "down":
         return down(args.prefix, Path(args.dir))
-    return asyncio.run(up(Demo(args.prefix, Path(args.dir), args.nodes, args.duration)))
+    demo = Demo(
+        args.prefix,
+        Path(args.dir),
+        args.nodes,
+        args.duration,
+        args.subnet,
+        args.pod_supernet,
+        args.api_port,
+    )
+    return asyncio.run(up(demo))
 
 
 if __name__ == "__main__":
