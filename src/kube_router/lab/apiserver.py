@@ -162,6 +162,11 @@ class LabServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @property
+    def watch_count(self) -> int:
+        """How many watch requests are being served right now."""
+        return sum(1 for task in self._watch_tasks if not task.done())
+
     async def drop_watches(self) -> None:
         """Abruptly close every open watch connection (clients see a broken stream)."""
         self.store.end_watches("dropped")
