@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,7 +40,10 @@ async def call(
     http: aiohttp.ClientSession, method: str, path: str, body: Any = None, **kw: Any
 ) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body)
-    async with http.request(method, path, data=data, **kw) as resp:
+    headers = kw.pop("headers", {})
+    if data is not None:
+        headers = {"Content-Type": "application/json", **headers}
+    async with http.request(method, path, data=data, headers=headers, **kw) as resp:
         text = await resp.text()
         try:
             return resp.status, json.loads(text)
@@ -164,7 +168,8 @@ async def test_error_status(
 
 
 async def test_bad_json_body(http: aiohttp.ClientSession) -> None:
-    async with http.post(PODS, data=b"{not json") as resp:
+    headers = {"Content-Type": "application/json"}
+    async with http.post(PODS, data=b"{not json", headers=headers) as resp:
         assert resp.status == 400
         assert (await resp.json())["reason"] == "BadRequest"
 
@@ -197,11 +202,22 @@ async def test_namespace_mismatch_and_name_mismatch(http: aiohttp.ClientSession)
     assert (await call(http, "PUT", f"{PODS}/a", pod("b")))[0] == 400
 
 
-async def test_unsupported_patch_type(http: aiohttp.ClientSession) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "content_type", "body"),
+    [
+        ("PATCH", f"{PODS}/a", "application/apply-patch+yaml", b"metadata:\n  name: a\n"),
+        ("POST", PODS, "text/plain", b"{}"),
+        ("PUT", f"{PODS}/a", "application/yaml", b"metadata: {}"),
+    ],
+)
+async def test_unsupported_media_type(
+    http: aiohttp.ClientSession, method: str, path: str, content_type: str, body: bytes
+) -> None:
     await call(http, "POST", PODS, pod("a"))
-    headers = {"Content-Type": "application/apply-patch+yaml"}
-    status, doc = await call(http, "PATCH", f"{PODS}/a", {}, headers=headers)
-    assert (status, doc["reason"]) == (415, "UnsupportedMediaType")
+    headers = {"Content-Type": content_type}
+    async with http.request(method, path, data=body, headers=headers) as resp:
+        assert resp.status == 415
+        assert (await resp.json())["reason"] == "UnsupportedMediaType"
 
 
 # -- list -----------------------------------------------------------------------------------------
@@ -646,3 +662,20 @@ async def test_token_required() -> None:
 async def test_any_token_accepted_by_default(http: aiohttp.ClientSession) -> None:
     headers = {"Authorization": "Bearer whatever"}
     assert (await call(http, "GET", PODS, headers=headers))[0] == 200
+
+
+async def test_client_leaving_mid_stream_is_quiet(
+    server: LabServer, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = await open_watch(http, PODS, resourceVersion="0")
+    server.store.load("pods", ({"metadata": {"name": f"p{i}"}} for i in range(2000)))
+    await stream.next()
+    stream.resp.close()
+    server.store.load("pods", ({"metadata": {"name": f"q{i}"}} for i in range(2000)))
+    for _ in range(200):
+        if server.watch_count == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert server.watch_count == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert (await call(http, "GET", "/healthz"))[0] == 200

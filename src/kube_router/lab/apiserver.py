@@ -21,7 +21,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from aiohttp import web
 
 from kube_router.lab import discovery, errors
 from kube_router.lab.resources import ResourceInfo, lookup
-from kube_router.lab.store import LabStore
+from kube_router.lab.store import PATCH_TYPES, LabStore
 from kube_router.lab.watch import WatchRequest, serve_watch
 
 __all__ = ["LabServer", "LabStore", "main", "serve"]
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/livez"})
+_JSON_TYPES = ("application/json",)
 _DELETE_RETURNS_OBJECT = frozenset({"pods", "services", "namespaces"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -93,7 +94,11 @@ def _bool_param(request: web.Request, name: str) -> bool | None:
     return None if value is None else value in _TRUE
 
 
-async def _read_json(request: web.Request) -> Any:
+async def _read_json(request: web.Request, accepted: Collection[str] = _JSON_TYPES) -> Any:
+    """The decoded JSON body; 415 when its Content-Type is not among `accepted`."""
+    media = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if media and media not in accepted:
+        raise errors.unsupported_media_type(media, tuple(accepted))
     body = await request.read()
     if not body:
         raise errors.bad_request("the request body is empty")
@@ -380,7 +385,7 @@ class LabServer:
             entry = self.store.replace_object(info, ns, name, body, "status" if status else "main")
         elif method == "PATCH":
             content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
-            body = await _read_json(request)
+            body = await _read_json(request, PATCH_TYPES)
             entry = self.store.patch_object(info, ns, name, content_type, body, status)
         elif method == "DELETE" and not status:
             return await self._delete(target, request)

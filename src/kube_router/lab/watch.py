@@ -106,8 +106,10 @@ async def serve_watch(
         await resp.write_eof()
         return resp
     transport = request.transport
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    resp.enable_chunked_encoding()
     try:
-        resp = await _start(request)
+        await resp.prepare(request)
         first = _encode_all(initial, params.matcher)
         if params.initial_end_bookmark:
             first += bookmark(params.info, store.resource_version, initial_end=True)
@@ -116,7 +118,7 @@ async def serve_watch(
         return await _stream(resp, store, watcher, params, bookmark_interval, transport)
     except ConnectionResetError:
         log.debug("watch client of %s went away", params.info.name)
-        raise
+        return resp
     finally:
         store.close_watch(watcher)
 
