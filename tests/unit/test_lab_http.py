@@ -286,6 +286,21 @@ async def test_list_pagination(server: LabServer, http: aiohttp.ClientSession) -
     assert seen == [f"p{i:02d}" for i in range(7)]
 
 
+async def test_no_remaining_count_with_selectors(
+    server: LabServer, http: aiohttp.ClientSession
+) -> None:
+    server.store.load(
+        "pods", ({"metadata": {"name": f"p{i}", "labels": {"a": "b"}}} for i in range(3))
+    )
+    _, doc = await call(http, "GET", f"{PODS}?limit=1&labelSelector=a")
+    assert doc["metadata"]["continue"]
+    assert "remainingItemCount" not in doc["metadata"]
+    token = doc["metadata"]["continue"]
+    _, doc = await call(http, "GET", f"{PODS}?limit=1&labelSelector=a&continue={token}")
+    assert "remainingItemCount" not in doc["metadata"]
+    assert len(doc["items"]) == 1
+
+
 async def test_continue_expired_after_compact(
     server: LabServer, http: aiohttp.ClientSession
 ) -> None:

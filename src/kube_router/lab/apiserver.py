@@ -1,15 +1,28 @@
 """An in-memory Kubernetes API server for tests, benchmarks and the demo.
 
-It speaks the real REST and watch protocol (JSON only, plain HTTP) for the resources in
-`kube_router.lab.resources`, well enough for the official `kubernetes` client and our own async
-client. Deviations from the real server are listed in `docs/lab-apiserver.md`-style notes in the
-module docs of `store`, `defaults`, `watch` and `patch`, and summarized here:
+It speaks the real REST and watch protocol (JSON over plain HTTP) for namespaces, nodes, pods,
+services (+ status), discovery.k8s.io/v1 endpointslices, networking.k8s.io/v1 networkpolicies
+and coordination.k8s.io/v1 leases, well enough for the official `kubernetes` client and our own
+async client. `LabServer.store` gives tests direct access; its writes reach watches too.
 
-* namespaces need not exist for namespaced creates; deleting a namespace deletes its contents
-  at once (no finalizers, no Terminating phase);
-* status given on create is kept (the real server resets it), so tests can create ready objects;
-* a continue token serves the rest of the first page's snapshot, with that page's selectors;
-* dry-run, server-side apply, protobuf, field managers and admission are not implemented.
+Where it knowingly differs from the real server:
+
+* JSON only: no protobuf/CBOR, no server-side apply (415), no dryRun, no managedFields,
+  no admission; validation covers names, kind/apiVersion/namespace consistency and service IP
+  and node port allocation only (see `defaults`).
+* Namespaces need not exist for namespaced creates. Deleting a namespace deletes it and its
+  contents at once (no finalizers, no Terminating phase); deletes are never graceful.
+* Status sent on create is kept (the real server resets it), so tests can create ready objects;
+  pods created without a status get `phase: Pending`. `LabStore.update` replaces status too;
+  HTTP PUT/PATCH of a main resource ignore status, as the real server does.
+* Lists always serve the latest state (`resourceVersion`/`resourceVersionMatch` are ignored).
+  A continue token serves the rest of the first page's snapshot (see `pagination`).
+* A watch from a resourceVersion newer than the current one is accepted (the real server waits
+  and may answer 504). Bookmarks come every `bookmark_interval` seconds and carry the global
+  resourceVersion. There is no server-side default watch timeout. Legacy `/watch/` paths are
+  not served.
+* uids are UUID-shaped but counter-based; timestamps have second precision.
+* Authentication is an optional fixed bearer token; there is no authorization.
 
 Run standalone with `python -m kube_router.lab.apiserver --port 6443 --kubeconfig kc.yaml`.
 """

@@ -42,6 +42,7 @@ class _Snapshot:
     resource: str
     rv: int
     entries: list[Entry]
+    counted: bool  # report remainingItemCount (the real server omits it with selectors)
 
 
 class Paginator:
@@ -56,7 +57,10 @@ class Paginator:
         self._snapshots.clear()
 
     def resume(self, resource: str, token: str) -> tuple[str, int, list[Entry], int]:
-        """(snapshot id, start, entries, rv) for a continue token of a list of `resource`."""
+        """(snapshot id, start, entries, rv) for a continue token of a list of `resource`.
+
+        The snapshot holds the first page's matches: selectors of later requests are ignored.
+        """
         snap_id, start = _decode(token)
         snapshot = self._snapshots.get(snap_id)
         if snapshot is None or snapshot.resource != resource:
@@ -65,7 +69,15 @@ class Paginator:
         return snap_id, start, snapshot.entries, snapshot.rv
 
     def page(
-        self, resource: str, entries: list[Entry], rv: int, limit: int, snap_id: str, start: int
+        self,
+        resource: str,
+        entries: list[Entry],
+        rv: int,
+        limit: int,
+        snap_id: str = "",
+        start: int = 0,
+        *,
+        counted: bool = True,
     ) -> Page:
         """The page of `entries` from `start`; keeps a snapshot when more pages remain."""
         if limit <= 0 or start + limit >= len(entries):
@@ -73,12 +85,13 @@ class Paginator:
             return Page([e.raw for e in entries[start:]], rv)
         if not snap_id:
             snap_id = str(next(self._ids))
-            self._snapshots[snap_id] = _Snapshot(resource, rv, entries)
+            self._snapshots[snap_id] = _Snapshot(resource, rv, entries, counted)
             while len(self._snapshots) > self._max:
                 self._snapshots.popitem(last=False)
         end = start + limit
         token = _encode(snap_id, rv, end)
-        return Page([e.raw for e in entries[start:end]], rv, token, len(entries) - end)
+        remaining = len(entries) - end if self._snapshots[snap_id].counted else None
+        return Page([e.raw for e in entries[start:end]], rv, token, remaining)
 
 
 def _encode(snap_id: str, rv: int, start: int) -> str:

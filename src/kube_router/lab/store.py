@@ -11,6 +11,7 @@ The store is thread-safe (one re-entrant lock); watches are notified on their ow
 from __future__ import annotations
 
 import bisect
+import gc
 import logging
 import threading
 from collections import deque
@@ -141,9 +142,16 @@ class LabStore:
         Each object still gets its own resourceVersion and watch event.
         """
         info = resource_info(resource)
-        with self._lock:
-            for body in objs:
-                self._load_one(info, body)
+        # The cyclic GC would rescan the growing heap many times over; nothing here makes cycles.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            with self._lock:
+                for body in objs:
+                    self._load_one(info, body)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
 
     def compact(self) -> None:
         """Forget all watch history and continue tokens: older resourceVersions get 410."""
@@ -404,7 +412,9 @@ class LabStore:
             else:
                 snap_id, start = "", 0
                 entries, rv = self._scan(info, namespace, matcher), self._rv
-            return self._pages.page(info.name, entries, rv, limit, snap_id, start)
+            return self._pages.page(
+                info.name, entries, rv, limit, snap_id, start, counted=matcher is None
+            )
 
     # -- watch -------------------------------------------------------------------------------
 
