@@ -160,10 +160,9 @@ class LabServer:
                 f"lab API server cannot listen on {self.host}:{self.port}: {err}"
             ) from err
         self._runner = runner
-        server = site._server  # the only way to learn the port picked for port 0
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
+        addresses = runner.addresses  # learns the port picked for port 0
+        if addresses:
+            self.port = int(addresses[0][1])
         log.info("lab API server listening on %s", self.url)
 
     async def stop(self) -> None:
