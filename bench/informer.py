@@ -232,7 +232,7 @@ async def measure(url: str, events: int) -> dict[str, float]:
     arrived = asyncio.Event()
 
     def on_update(_old: Any, new: Any) -> None:
-        tag = new.metadata.annotations.get("bench/seq")
+        tag = new.metadata.labels.get("bench-seq")
         if tag is not None:
             seen[tag] = time.perf_counter()
             arrived.set()
@@ -246,7 +246,7 @@ async def measure(url: str, events: int) -> dict[str, float]:
             resources.PODS,
             "ns-0",
             "pod-0",
-            {"metadata": {"annotations": {"bench/seq": str(i)}}},
+            {"metadata": {"labels": {"bench-seq": str(i)}}},
             content_type=STRATEGIC_MERGE_PATCH,
         )
         while str(i) not in seen:

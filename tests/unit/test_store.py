@@ -9,7 +9,7 @@ from kube_router.k8s.store import Store
 
 def _slice(name: str, svc: str | None, ns: str = "default") -> models.EndpointSlice:
     labels = {"kubernetes.io/service-name": svc} if svc else {}
-    return models.EndpointSlice(metadata=models.ObjectMeta(name=name, namespace=ns, labels=labels))
+    return models.EndpointSlice(metadata=models.SliceMeta(name=name, namespace=ns, labels=labels))
 
 
 def test_index_follows_upserts_and_removals() -> None:
@@ -36,5 +36,5 @@ def test_index_follows_upserts_and_removals() -> None:
 
 def test_cluster_scoped_keys() -> None:
     store: Store[models.Node] = Store()
-    store.upsert(models.Node(metadata=models.ObjectMeta(name="n1")))
+    store.upsert(models.Node(metadata=models.AnnotatedMeta(name="n1")))
     assert store.get("n1") is not None and store.key_list() == ["n1"]

@@ -22,15 +22,25 @@ class OwnerReference(_Base):
 
 
 class ObjectMeta(_Base):
+    """Metadata every kind keeps. Kinds whose annotations matter use AnnotatedMeta."""
+
     name: str = ""
     namespace: str = ""
-    uid: str = ""
     resource_version: str = ""
-    generate_name: str = ""
     labels: dict[str, str] = {}
+
+
+class AnnotatedMeta(ObjectMeta):
+    """Nodes and Services: kube-router's annotations live here."""
+
     annotations: dict[str, str] = {}
+
+
+class SliceMeta(AnnotatedMeta):
+    """EndpointSlices: the service is found by label, then owner reference, then generateName."""
+
+    generate_name: str = ""
     owner_references: list[OwnerReference] = []
-    deletion_timestamp: str | None = None
 
 
 class ListMeta(_Base):
@@ -69,7 +79,7 @@ class NodeStatus(_Base):
 
 
 class Node(_Base):
-    metadata: ObjectMeta = msgspec.field(default_factory=ObjectMeta)
+    metadata: AnnotatedMeta = msgspec.field(default_factory=AnnotatedMeta)
     spec: NodeSpec = msgspec.field(default_factory=NodeSpec)
     status: NodeStatus = msgspec.field(default_factory=NodeStatus)
 
@@ -176,7 +186,7 @@ class ServiceStatus(_Base):
 
 
 class Service(_Base):
-    metadata: ObjectMeta = msgspec.field(default_factory=ObjectMeta)
+    metadata: AnnotatedMeta = msgspec.field(default_factory=AnnotatedMeta)
     spec: ServiceSpec = msgspec.field(default_factory=ServiceSpec)
     status: ServiceStatus = msgspec.field(default_factory=ServiceStatus)
 
@@ -203,7 +213,7 @@ class EndpointPort(_Base):
 
 
 class EndpointSlice(_Base):
-    metadata: ObjectMeta = msgspec.field(default_factory=ObjectMeta)
+    metadata: SliceMeta = msgspec.field(default_factory=SliceMeta)
     address_type: str = ""
     endpoints: list[Endpoint] = []
     ports: list[EndpointPort] = []
