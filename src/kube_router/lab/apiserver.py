@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import logging
 import os
 import signal
@@ -132,11 +133,13 @@ class LabServer:
         bookmark_interval: float = 1.0,
         history_limit: int = 10000,
         token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.bookmark_interval = bookmark_interval
         self.token = token
+        self.ssl_context = ssl_context
         self.store = LabStore(history_limit=history_limit)
         self._runner: web.AppRunner | None = None
         self._watch_tasks: set[asyncio.Task[Any]] = set()
@@ -151,7 +154,9 @@ class LabServer:
             app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(
+            runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context
+        )
         try:
             await site.start()
         except OSError as err:
@@ -177,7 +182,8 @@ class LabServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def watch_count(self) -> int:
@@ -198,8 +204,19 @@ class LabServer:
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
 
-    def write_kubeconfig(self, path: str | os.PathLike[str], token: str | None = None) -> None:
-        """Write a kubeconfig (context "lab", namespace "default") pointing at `url`."""
+    def write_kubeconfig(
+        self,
+        path: str | os.PathLike[str],
+        token: str | None = None,
+        ca_file: str | None = None,
+    ) -> None:
+        """Write a kubeconfig (context "lab", namespace "default") pointing at `url`.
+
+        ``ca_file`` names the CA that signed the server's certificate when serving TLS.
+        """
+        cluster: dict[str, Any] = {"server": self.url}
+        if ca_file:
+            cluster["certificate-authority"] = ca_file
         user: dict[str, Any] = {}
         token = token if token is not None else self.token
         if token:
@@ -207,7 +224,7 @@ class LabServer:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "lab", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "lab", "cluster": cluster}],
             "users": [{"name": "lab", "user": user}],
             "contexts": [
                 {
