@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ssl
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
