@@ -167,11 +167,12 @@ async def test_bearer_token(
 
 async def test_exec_credential_plugin(token_lab: LabServer, tmp_path: Path) -> None:
     plugin = tmp_path / "plugin.py"
-    plugin.write_text(
-        "import json\n"
-        "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1beta1',\n"
-        "                  'kind': 'ExecCredential', 'status': {'token': %r}}))\n" % TOKEN
-    )
+    credential = {
+        "apiVersion": "client.authentication.k8s.io/v1beta1",
+        "kind": "ExecCredential",
+        "status": {"token": TOKEN},
+    }
+    plugin.write_text(f"import json\nprint(json.dumps({credential!r}))\n")
     user = {
         "exec": {
             "apiVersion": "client.authentication.k8s.io/v1beta1",
