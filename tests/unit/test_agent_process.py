@@ -56,7 +56,11 @@ async def test_agent_process_stops_cleanly_on_signal(
     )
     try:
         await _healthy(f"http://127.0.0.1:{unused_tcp_port}/healthz", proc)
-        assert lab.watch_count >= 6  # one watch per informer
+        for _ in range(200):  # /healthz answers before the informers finish their lists
+            if lab.watch_count >= 6:  # one watch per informer
+                break
+            await asyncio.sleep(0.05)
+        assert lab.watch_count >= 6
         proc.send_signal(sig)
         rc = await asyncio.wait_for(proc.wait(), 15)
     finally:
