@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from kube_router.httpserver import HTTPServer
+
 log = logging.getLogger(__name__)
 
 GRACE_S = 1.5
@@ -94,14 +96,12 @@ class HealthChecker:
             self.check()
 
 
-class HealthServer:
+class HealthServer(HTTPServer):
     """Serves ``/healthz``; port 0 means no HTTP server (checks are still logged)."""
 
     def __init__(self, checker: HealthChecker, addr: str, port: int) -> None:
+        super().__init__("health", addr, port)
         self.checker = checker
-        self.addr = addr
-        self.port = port
-        self._runner: web.AppRunner | None = None
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         if self.checker.check():
@@ -114,19 +114,5 @@ class HealthServer:
             return
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.addr or None, self.port)
-        try:
-            await site.start()
-        except OSError as err:
-            await self._runner.cleanup()
-            raise OSError(
-                f"binding health server to {self.addr or '*'}:{self.port}: {err}"
-            ) from err
+        await self.serve(app)
         log.info("health: serving /healthz on %s:%d", self.addr or "*", self.port)
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None

@@ -18,6 +18,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from kube_router.httpserver import HTTPServer
 from kube_router.version import PYTHON_VERSION, VERSION
 
 log = logging.getLogger(__name__)
@@ -60,15 +61,13 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class MetricsServer:
+class MetricsServer(HTTPServer):
     """Serves the registry at ``--metrics-addr:--metrics-port`` and ``--metrics-path``."""
 
     def __init__(self, metrics: Metrics, addr: str, port: int, path: str) -> None:
+        super().__init__("metrics", addr, port)
         self.metrics = metrics
-        self.addr = addr
-        self.port = port
         self.path = path or "/metrics"
-        self._runner: web.AppRunner | None = None
 
     async def _handle(self, _request: web.Request) -> web.Response:
         body = self.metrics.render()
@@ -78,22 +77,8 @@ class MetricsServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get(self.path, self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.addr or None, self.port)
-        try:
-            await site.start()
-        except OSError as err:
-            await self._runner.cleanup()
-            raise OSError(
-                f"binding metrics server to {self.addr or '*'}:{self.port}: {err}"
-            ) from err
+        await self.serve(app)
         log.info("metrics: serving %s on %s:%d", self.path, self.addr or "*", self.port)
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
 
 async def heartbeat_loop(beat: Callable[[], None], interval: float = HEARTBEAT_INTERVAL_S) -> None:
