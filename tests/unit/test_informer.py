@@ -207,3 +207,63 @@ async def test_unreachable_server_retries_until_cancelled(tmp_path: Any) -> None
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await kc.close()
+
+
+async def test_undecodable_watch_line_relists_instead_of_dying(
+    lab: LabServer, kube: KubeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab.store.create("pods", pod("a"))
+    inf: Informer[models.Pod] = Informer(kube, resources.PODS)
+    real = kube.stream_lines
+    calls = 0
+
+    async def flaky(path: str, params: Any, read_timeout: float) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            yield b'{"type": "ADDED", "object": {not json'
+            return
+        async for line in real(path, params, read_timeout):
+            yield line
+
+    monkeypatch.setattr(kube, "stream_lines", flaky)
+    task = asyncio.create_task(inf.run())
+    try:
+        assert await inf.wait_synced(5)
+        for _ in range(100):
+            if inf.relists >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert inf.relists >= 2 and not task.done()
+        lab.store.create("pods", pod("b"))
+        for _ in range(100):
+            if inf.store.get("default/b") is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert inf.store.get("default/b") is not None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_list_that_keeps_failing_backs_off(
+    kube: KubeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kube_router.k8s import informer as informer_mod
+    from kube_router.k8s.client import GoneError
+
+    attempts = 0
+
+    async def gone(*_args: Any, **_kw: Any) -> bytes:
+        nonlocal attempts
+        attempts += 1
+        raise GoneError("GET", "/api/v1/pods", 410, "Expired", "continue token expired")
+
+    monkeypatch.setattr(kube, "request", gone)
+    monkeypatch.setattr(informer_mod, "BACKOFF_INITIAL_S", 0.1)
+    inf: Informer[models.Pod] = Informer(kube, resources.PODS)
+    task = asyncio.create_task(inf.run())
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert 2 <= attempts <= 5  # 0.1, 0.2, 0.4 s backoff, not a hot loop

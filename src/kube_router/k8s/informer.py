@@ -130,19 +130,27 @@ class Informer(Generic[T]):
         backoff = BACKOFF_INITIAL_S
         need_list = True
         while True:
+            listing = need_list
             try:
                 if need_list:
                     await self._list()
                     need_list = False
                 await self._watch()
                 backoff = BACKOFF_INITIAL_S
+                continue
             except (_Relist, GoneError) as err:
                 log.info("%s: relisting: %s", self.name, err)
                 need_list = True
+                if not listing:
+                    continue  # a watch expired: relist at once, as client-go does
+            except msgspec.DecodeError as err:
+                # A response we cannot parse: do not trust the cache's position, start over.
+                log.error("%s: undecodable response, relisting: %s", self.name, err)
+                need_list = True
             except ApiError as err:
                 log.warning("%s: %s; retrying in %.1fs", self.name, err, backoff)
-                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     def _selectors(self) -> list[tuple[str, str]]:
         params = []
