@@ -13,7 +13,7 @@ if [[ -f "$stamp" && -x "$VENV/bin/python" ]]; then
   exit 0
 fi
 
-APT_PACKAGES=(iptables ipset ipvsadm conntrack iproute2 kmod procps curl python3-venv)
+APT_PACKAGES=(iptables ipset ipvsadm conntrack iproute2 kmod procps curl openssl python3-venv)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
