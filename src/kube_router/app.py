@@ -133,7 +133,8 @@ class Agent:
         self.informers = Informers(self.client)
         for task in self.informers.start():
             self._adopt(task)
-        await self._wait_synced(self.informers)
+        if not await self._wait_synced(self.informers):
+            return  # stopped, or a root task ended, while the caches were syncing
         ctx = RunContext(
             cfg,
             self.client,
@@ -151,7 +152,7 @@ class Agent:
         hs = health.HealthServer(self.checker, cfg.health_addr, cfg.health_port)
         await hs.start()
         self._servers.append(hs)
-        if metrics.metrics_enabled(cfg.metrics_port):
+        if cfg.metrics_enabled:
             self.metrics = metrics.Metrics()
             ms = metrics.MetricsServer(
                 self.metrics, cfg.metrics_addr, cfg.metrics_port, cfg.metrics_path
@@ -164,7 +165,8 @@ class Agent:
                 "metrics-heartbeat",
             )
 
-    async def _wait_synced(self, informers: Informers) -> None:
+    async def _wait_synced(self, informers: Informers) -> bool:
+        """Wait for the caches; False when a stop or a crash came first."""
         waiter = asyncio.ensure_future(
             informers.wait_for_cache_sync(self.config.cache_sync_timeout)
         )
@@ -173,11 +175,12 @@ class Agent:
         stopper.cancel()
         if not waiter.done():
             waiter.cancel()
-            return
+            return False
         try:
             waiter.result()
         except CacheSyncTimeoutError as err:
             raise StartupError(f"{err} (--cache-sync-timeout)") from err
+        return True
 
     async def _identify(self) -> Any:
         assert self.informers is not None

@@ -242,3 +242,20 @@ async def test_health_port_in_use_exits_1(
 
 async def test_cleanup_returns_0(kubeconfig: str) -> None:
     assert await app.cleanup(parse(["--cleanup-config"], {})) == 0
+
+
+async def test_stop_during_cache_sync_is_clean(unused_tcp_port: int) -> None:
+    cfg = parse(
+        [
+            "--master=http://127.0.0.1:9",
+            "--cache-sync-timeout=1m",
+            f"--health-port={unused_tcp_port}",
+            "--health-addr=127.0.0.1",
+        ],
+        {},
+    )
+    agent = app.Agent(cfg)
+    task = asyncio.create_task(agent.run())
+    await asyncio.sleep(0.3)
+    agent.request_stop()
+    assert await asyncio.wait_for(task, 5) == 0
