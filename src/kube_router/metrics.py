@@ -15,6 +15,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    disable_created_metrics,
     generate_latest,
 )
 
@@ -26,18 +27,14 @@ log = logging.getLogger(__name__)
 NAMESPACE = "kube_router"
 HEARTBEAT_INTERVAL_S = 3.0
 SYNC_PERIOD_S = 5.0
-MAX_PORT = 65534
-
-
-def metrics_enabled(port: int) -> bool:
-    """Upstream serves metrics only for a port in 1..65534."""
-    return 0 < port <= MAX_PORT
 
 
 class Metrics:
     """Owns the registry the controllers add their metrics to (in their ``start()``)."""
 
     def __init__(self) -> None:
+        # Upstream (Go) exposes no *_created series; keep the scrape output alike.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(collector)

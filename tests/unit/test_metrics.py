@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import aiohttp
-import pytest
 
 from kube_router import metrics
 from kube_router.version import PYTHON_VERSION, VERSION
-
-
-@pytest.mark.parametrize(
-    ("port", "enabled"), [(0, False), (1, True), (65534, True), (65535, False), (-1, False)]
-)
-def test_metrics_enabled_range(port: int, enabled: bool) -> None:
-    assert metrics.metrics_enabled(port) is enabled
 
 
 def test_build_info_and_process_metrics() -> None:
@@ -21,6 +13,7 @@ def test_build_info_and_process_metrics() -> None:
     assert f'kube_router_build_info{{goversion="{PYTHON_VERSION}",version="{VERSION}"}} 1.0' in text
     assert "process_resident_memory_bytes" in text
     assert "python_info" in text
+    assert "_created" not in text
 
 
 async def test_served_on_the_configured_path(unused_tcp_port: int) -> None:
