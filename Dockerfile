@@ -24,7 +24,8 @@ FROM ${DEBIAN_IMAGE}
 # iptables: bookworm's package ships both backends (iptables-legacy* and iptables-nft*); the
 #   `iptables` alternative points at nft. Upstream's image runs `iptables-wrapper`, which picks
 #   legacy or nft at start by counting the rules already present in each. We do not install a
-#   wrapper: the agent runs the same detection itself at start-up and calls the chosen variant's
+#   wrapper: the agent is to run the same detection itself at start-up (it arrives with the network
+#   policy controller) and call the chosen variant's
 #   binaries (iptables-legacy-restore or iptables-nft-restore) by name.
 # nftables: the `nft` CLI, for the experimental --use-nftables-for-netpol backend (upstream ships it).
 # gobgpd: the BGP daemon the agent runs as a child process, plus the `gobgp` CLI. Pinned to 3.10

@@ -58,8 +58,8 @@ kube-router: --bgp-holdtime: must be in the range 3s to 18h12m16s, got 1s
 Environment: `NODE_NAME` (node name when `--hostname-override` is not given), `POD_NAME` and
 `POD_NAMESPACE` (the LoadBalancer allocator's lease; the namespace falls back to the service
 account's namespace file), `KUBE_ROUTER_CNI_CONF_FILE` (default
-`/etc/cni/net.d/10-kuberouter.conf`) and `KUBE_ROUTER_ALLOW_NONROOT=1` (skip the root check, for
-tests and the lab).
+`/etc/cni/net.d/10-kuberouter.conf`) and `KUBE_ROUTER_ALLOW_NONROOT=1` (skip the root check; used by
+the tests).
 
 ## Start-up checks
 
