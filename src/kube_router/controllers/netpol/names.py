@@ -1,0 +1,130 @@
+"""Names of the network policy chains and ipsets, with upstream kube-router's hash inputs.
+
+Every hashed name is a prefix plus the first 16 characters of the standard (padded, upper-case)
+base32 encoding of the SHA-256 digest of a plain concatenation of its inputs. The family strings
+are Kubernetes' ``IPv4`` and ``IPv6``; IPv6 ipset names carry ipset's ``inet6:`` prefix.
+
+The ipset names are byte-identical to upstream's. The pod and policy chain names differ on
+purpose: upstream appends its per-sync version (a UnixNano timestamp) to the hash input, so every
+sync creates new chains; ours leave the version out and stay the same from one sync to the next.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Final, Literal
+
+Family = Literal["IPv4", "IPv6"]
+IPV4: Final[Family] = "IPv4"
+IPV6: Final[Family] = "IPv6"
+FAMILIES: Final[tuple[Family, ...]] = (IPV4, IPV6)
+
+POD_FW_CHAIN_PREFIX: Final = "KUBE-POD-FW-"
+POLICY_CHAIN_PREFIX: Final = "KUBE-NWPLCY-"
+SRC_SET_PREFIX: Final = "KUBE-SRC-"
+DST_SET_PREFIX: Final = "KUBE-DST-"
+IPV6_SET_PREFIX: Final = "inet6:"
+
+INPUT_CHAIN: Final = "KUBE-ROUTER-INPUT"
+FORWARD_CHAIN: Final = "KUBE-ROUTER-FORWARD"
+OUTPUT_CHAIN: Final = "KUBE-ROUTER-OUTPUT"
+DEFAULT_CHAIN: Final = "KUBE-NWPLCY-DEFAULT"
+COMMON_CHAIN: Final = "KUBE-NWPLCY-COMMON"
+TAIL_CHAIN: Final = "KUBE-NWPLCY-TAIL"
+ROUTER_CHAINS: Final = (INPUT_CHAIN, FORWARD_CHAIN, OUTPUT_CHAIN)
+STATIC_CHAINS: Final = (*ROUTER_CHAINS, DEFAULT_CHAIN, COMMON_CHAIN, TAIL_CHAIN)
+# Built-in filter chain -> our chain it jumps to (at position 1).
+BUILTIN_JUMPS: Final = {"INPUT": INPUT_CHAIN, "FORWARD": FORWARD_CHAIN, "OUTPUT": OUTPUT_CHAIN}
+
+LOCAL_PODS_SET: Final = "kube-router-local-pods"
+
+_HASH_LEN: Final = 16
+
+
+def hash16(text: str) -> str:
+    """First 16 characters of base32(sha256(text)), the suffix of every hashed name."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return base64.b32encode(digest).decode("ascii")[:_HASH_LEN]
+
+
+def ipset_name(name: str, family: Family) -> str:
+    """The name as created in the kernel: ``inet6:`` before IPv6 sets (never twice)."""
+    if family == IPV6 and not name.startswith(IPV6_SET_PREFIX):
+        return IPV6_SET_PREFIX + name
+    return name
+
+
+def pod_fw_chain(namespace: str, name: str) -> str:
+    """``KUBE-POD-FW-`` + hash(ns + name); upstream adds the sync version after the name."""
+    return POD_FW_CHAIN_PREFIX + hash16(namespace + name)
+
+
+def policy_chain(namespace: str, name: str, family: Family) -> str:
+    """``KUBE-NWPLCY-`` + hash(ns + name + family); upstream puts the version before family."""
+    return POLICY_CHAIN_PREFIX + hash16(namespace + name + family)
+
+
+def target_dst_set(namespace: str, name: str, family: Family) -> str:
+    """Pods a policy selects, matched as destination (ingress): hash(ns + name + family)."""
+    return ipset_name(DST_SET_PREFIX + hash16(namespace + name + family), family)
+
+
+def target_src_set(namespace: str, name: str, family: Family) -> str:
+    """Pods a policy selects, matched as source (egress); same digest as the DST set."""
+    return ipset_name(SRC_SET_PREFIX + hash16(namespace + name + family), family)
+
+
+def _rule_hash(namespace: str, name: str, direction: str, rule: int, tail: str) -> str:
+    return hash16(f"{namespace}{name}{direction}rule{rule}{tail}")
+
+
+def ingress_pods_set(namespace: str, name: str, rule: int, family: Family) -> str:
+    """Peer pods of ingress rule ``rule``: hash(ns+name+"ingressrule"+idx+family+"pod")."""
+    digest = _rule_hash(namespace, name, "ingress", rule, family + "pod")
+    return ipset_name(SRC_SET_PREFIX + digest, family)
+
+
+def egress_pods_set(namespace: str, name: str, rule: int, family: Family) -> str:
+    """Peer pods of egress rule ``rule``: hash(ns + name + "egressrule" + idx + family + "pod")."""
+    digest = _rule_hash(namespace, name, "egress", rule, family + "pod")
+    return ipset_name(DST_SET_PREFIX + digest, family)
+
+
+def ingress_ipblock_set(namespace: str, name: str, rule: int, family: Family) -> str:
+    """ipBlocks of ingress rule ``rule``: hash(... "ingressrule" + idx + family + "ipblock")."""
+    digest = _rule_hash(namespace, name, "ingress", rule, family + "ipblock")
+    return ipset_name(SRC_SET_PREFIX + digest, family)
+
+
+def egress_ipblock_set(namespace: str, name: str, rule: int, family: Family) -> str:
+    """ipBlocks of egress rule ``rule``: hash(... "egressrule" + idx + family + "ipblock")."""
+    digest = _rule_hash(namespace, name, "egress", rule, family + "ipblock")
+    return ipset_name(DST_SET_PREFIX + digest, family)
+
+
+def ingress_named_port_set(
+    namespace: str, name: str, rule: int, port_index: int, family: Family
+) -> str:
+    """Target pods with named port ``port_index`` of ingress rule ``rule`` (a KUBE-DST set).
+
+    hash(ns + name + "ingressrule" + idx + npIdx + family + "namedport").
+    """
+    digest = _rule_hash(namespace, name, "ingress", rule, f"{port_index}{family}namedport")
+    return ipset_name(DST_SET_PREFIX + digest, family)
+
+
+def egress_named_port_set(
+    namespace: str, name: str, rule: int, port_index: int, family: Family
+) -> str:
+    """Peer pods with named port ``port_index`` of egress rule ``rule`` (a KUBE-DST set).
+
+    hash(ns + name + "egressrule" + idx + npIdx + family + "namedport").
+    """
+    digest = _rule_hash(namespace, name, "egress", rule, f"{port_index}{family}namedport")
+    return ipset_name(DST_SET_PREFIX + digest, family)
+
+
+def local_pods_set(family: Family) -> str:
+    """``kube-router-local-pods`` (``inet6:`` prefixed for IPv6), used with default deny."""
+    return ipset_name(LOCAL_PODS_SET, family)
