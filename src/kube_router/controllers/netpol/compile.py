@@ -1,0 +1,244 @@
+"""NetworkPolicy compiler: Kubernetes objects in, desired chains and ipsets out. No I/O.
+
+The desired state is split so a controller can recompute only what changed:
+
+- :func:`compile_static` (config and node pod CIDRs): the chains every node has;
+- :func:`compile_policy` (one policy, the pods and namespaces): its chain and sets per family,
+  the pods it targets, or an error saying why it cannot be compiled;
+- :func:`compile_pod` (one local pod and the policies selecting it): its firewall chain and the
+  jumps into it;
+- :func:`assemble` puts the pieces of one family together into whole chains and sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from kube_router.config import Config
+from kube_router.controllers.netpol.names import ROUTER_CHAINS, Family, local_pods_set
+from kube_router.controllers.netpol.pieces import (
+    HASH_IP,
+    HASH_NET,
+    Chains,
+    IPSetSpec,
+    PodFamily,
+    PodPiece,
+    PolicyFamily,
+    PolicyPiece,
+    enabled_families,
+    is_actionable,
+    is_finished,
+    is_local,
+    pod_ip,
+    pod_ips,
+    pod_key,
+)
+from kube_router.controllers.netpol.pod_rules import compile_pod
+from kube_router.controllers.netpol.policy_rules import EGRESS, INGRESS, policy_family
+from kube_router.controllers.netpol.resolve import (
+    PodIndex,
+    PolicyError,
+    RuleInfo,
+    family_ips,
+    has_named_port,
+    ipblock_entries,
+    peer_pods,
+    policy_types,
+    resolve_ports,
+    select_pods,
+    target_pods,
+)
+from kube_router.controllers.netpol.static_rules import ROUTER_TAIL, compile_static
+from kube_router.k8s.models import (
+    LabelSelector,
+    Namespace,
+    NetworkPolicy,
+    NetworkPolicyPeer,
+    NetworkPolicyPort,
+    Pod,
+)
+
+__all__ = [
+    "HASH_IP",
+    "HASH_NET",
+    "Chains",
+    "IPSetSpec",
+    "PodFamily",
+    "PodIndex",
+    "PodPiece",
+    "PolicyFamily",
+    "PolicyPiece",
+    "assemble",
+    "compile_pod",
+    "compile_policy",
+    "compile_static",
+    "is_actionable",
+    "is_finished",
+    "is_local",
+    "pod_ip",
+    "pod_ips",
+    "pod_key",
+]
+
+
+def _resolve_rule(
+    policy: NetworkPolicy,
+    where: str,
+    peers: Sequence[NetworkPolicyPeer],
+    ports: Sequence[NetworkPolicyPort],
+    context: tuple[PodIndex, Sequence[Namespace], tuple[Family, ...]],
+    warnings: list[str],
+) -> RuleInfo:
+    pods_index, namespaces, families = context
+    rule = RuleInfo(match_all_peers=not peers, selects_pods=False)
+    seen: set[str] = set()
+    for i, peer in enumerate(peers):
+        at = f"{where}[{i}]"
+        if peer.pod_selector is not None or peer.namespace_selector is not None:
+            rule.selects_pods = True
+            for pod in peer_pods(policy, peer, pods_index, namespaces, at):
+                if pod_key(pod) not in seen:
+                    seen.add(pod_key(pod))
+                    rule.peer_pods.append(pod)
+        elif peer.ip_block is not None:
+            family, entries = ipblock_entries(peer.ip_block, at)
+            if family in families:
+                rule.ipblocks.setdefault(family, []).extend(entries)
+            else:
+                warnings.append(f"{at}.ipBlock {peer.ip_block.cidr}: {family} is not enabled")
+    rule.match_all_ports = not ports
+    return rule
+
+
+def _owners_of_egress_ports(
+    policy: NetworkPolicy, rule: RuleInfo, ports: Sequence[NetworkPolicyPort], pods: PodIndex
+) -> list[Pod]:
+    """Pods whose container ports give egress named ports their numbers.
+
+    The peer pods; with no ``to`` (any destination), the pods of the policy's namespace, as
+    upstream does.
+    """
+    if rule.match_all_peers and has_named_port(ports):
+        return select_pods(pods.get(policy.metadata.namespace, ()), LabelSelector())
+    return rule.peer_pods
+
+
+def _resolve_rules(
+    policy: NetworkPolicy,
+    targets: list[Pod],
+    context: tuple[PodIndex, Sequence[Namespace], tuple[Family, ...]],
+    warnings: list[str],
+) -> dict[str, list[RuleInfo]]:
+    ingress, egress = policy_types(policy)
+    out: dict[str, list[RuleInfo]] = {}
+    if ingress:
+        out[INGRESS] = []
+        for i, irule in enumerate(policy.spec.ingress):
+            where = f"spec.ingress[{i}]"
+            rule = _resolve_rule(
+                policy, f"{where}.from", irule.from_, irule.ports, context, warnings
+            )
+            rule.ports, rule.named = resolve_ports(irule.ports, targets, where)
+            out[INGRESS].append(rule)
+    if egress:
+        out[EGRESS] = []
+        for i, erule in enumerate(policy.spec.egress):
+            where = f"spec.egress[{i}]"
+            rule = _resolve_rule(policy, f"{where}.to", erule.to, erule.ports, context, warnings)
+            owners = _owners_of_egress_ports(policy, rule, erule.ports, context[0])
+            rule.ports, rule.named = resolve_ports(erule.ports, owners, where)
+            out[EGRESS].append(rule)
+    return out
+
+
+def _failed(
+    policy: NetworkPolicy, pods_index: PodIndex, reason: str, warnings: list[str]
+) -> PolicyPiece:
+    """The error result: target pods as well as they can be known (all of the namespace when
+    the podSelector itself is bad), both directions when the policy types are bad."""
+    ns = policy.metadata.namespace
+    try:
+        targets = target_pods(policy, pods_index)
+    except PolicyError:
+        targets = select_pods(pods_index.get(ns, ()), LabelSelector())
+    try:
+        ingress, egress = policy_types(policy)
+    except PolicyError:
+        ingress, egress = True, True
+    return PolicyPiece(
+        namespace=ns,
+        name=policy.metadata.name,
+        ingress=ingress,
+        egress=egress,
+        target_pods=frozenset(pod_key(p) for p in targets),
+        error=reason,
+        warnings=tuple(warnings),
+    )
+
+
+def compile_policy(
+    policy: NetworkPolicy, pods_index: PodIndex, namespaces: Iterable[Namespace], cfg: Config
+) -> PolicyPiece:
+    """Compile one policy; bad input gives a result with ``error`` set instead of raising.
+
+    ``pods_index`` maps a namespace to its pods (any node, any state: only actionable pods
+    count); ``namespaces`` are all namespaces, for namespaceSelectors.
+    """
+    warnings: list[str] = []
+    families = enabled_families(cfg)
+    try:
+        targets = target_pods(policy, pods_index)
+        context = (pods_index, list(namespaces), families)
+        directions = _resolve_rules(policy, targets, context, warnings)
+    except PolicyError as err:
+        return _failed(policy, pods_index, str(err), warnings)
+    ns, name = policy.metadata.namespace, policy.metadata.name
+    all_ips = [ip for pod in targets for ip in pod_ips(pod)]
+    return PolicyPiece(
+        namespace=ns,
+        name=name,
+        ingress=INGRESS in directions,
+        egress=EGRESS in directions,
+        target_pods=frozenset(pod_key(p) for p in targets),
+        families={
+            f: policy_family(ns, name, f, directions, family_ips(all_ips, f)) for f in families
+        },
+        warnings=tuple(warnings),
+    )
+
+
+def assemble(
+    static: Chains,
+    policies: Iterable[PolicyPiece],
+    pods: Iterable[PodPiece],
+    family: Family,
+    default_deny: bool = False,
+) -> tuple[Chains, list[IPSetSpec]]:
+    """Whole chains and sets of one family from its static chains, policies and local pods.
+
+    Pod jumps go into the ``KUBE-ROUTER-*`` chains before their two tail rules. With default
+    deny, ``kube-router-local-pods`` lists the local pods that have a chain.
+    """
+    chains: Chains = {chain: list(rules) for chain, rules in static.items()}
+    sets: dict[str, IPSetSpec] = {}
+    for policy in sorted(policies, key=lambda p: (p.namespace, p.name)):
+        piece = policy.families.get(family)
+        if piece is None:
+            continue
+        chains[piece.chain] = list(piece.rules)
+        sets.update((s.name, s) for s in piece.sets)
+    local_ips: list[str] = []
+    tail = len(ROUTER_TAIL)
+    for pod in sorted(pods, key=lambda p: (p.namespace, p.name)):
+        pod_family = pod.families.get(family)
+        if pod_family is None:
+            continue
+        chains[pod.chain] = list(pod_family.rules)
+        local_ips.append(pod_family.ip)
+        for chain in ROUTER_CHAINS:
+            rules = chains[chain]
+            rules[len(rules) - tail : len(rules) - tail] = pod_family.jumps.get(chain, ())
+    if default_deny:
+        name = local_pods_set(family)
+        sets[name] = IPSetSpec(name, HASH_IP, family, family_ips(local_ips, family))
+    return chains, list(sets.values())

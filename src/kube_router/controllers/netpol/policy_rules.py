@@ -1,0 +1,144 @@
+"""The rules and sets of one policy chain, for one family, from resolved rules.
+
+Each allowing match becomes two rules, as upstream writes them::
+
+    <comment> [-m set --match-set SRC src] [-m set --match-set DST dst] [-p proto [--dport p]]
+        -j MARK --set-xmark 0x10000/0x10000
+    <same match> -m mark --mark 0x10000/0x10000 -j RETURN
+
+Ingress rules put the policy's target pods on the destination side and the peers on the source
+side; egress rules the other way round. A named port is matched through a set of the pods that
+expose it (on the destination side) and the number it stands for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kube_router.controllers.netpol import names
+from kube_router.controllers.netpol.names import Family
+from kube_router.controllers.netpol.pieces import (
+    HASH_IP,
+    HASH_NET,
+    IPSetSpec,
+    PolicyFamily,
+    pod_ips,
+)
+from kube_router.controllers.netpol.resolve import PortMatch, RuleInfo, family_ips
+from kube_router.controllers.netpol.rulefmt import ALLOWED, id_comment, join
+
+INGRESS = "ingress"
+EGRESS = "egress"
+NAMED_PORT_SUFFIX = " np"
+
+
+@dataclass
+class _Chain:
+    """Rules and sets of one policy chain being built."""
+
+    namespace: str
+    name: str
+    family: Family
+    direction: str = INGRESS
+    rules: list[str] = field(default_factory=list)
+    sets: dict[str, IPSetSpec] = field(default_factory=dict)
+
+    def add_set(self, name: str, kind: str, entries: tuple[str, ...]) -> str:
+        self.sets.setdefault(name, IPSetSpec(name, kind, self.family, entries))
+        return name
+
+    def allow(self, kind: str, src: str, dst: str, port: PortMatch | None) -> None:
+        match = join(
+            id_comment(self.namespace, self.name, f"{self.direction} {kind}"),
+            f"-m set --match-set {src} src" if src else "",
+            f"-m set --match-set {dst} dst" if dst else "",
+            f"-p {port.protocol}" if port else "",
+            f"--dport {port.port}" if port and port.port else "",
+        )
+        self.rules.append(f"{match} -j MARK --set-xmark {ALLOWED}")
+        self.rules.append(f"{match} -m mark --mark {ALLOWED} -j RETURN")
+
+    def pair(self, target: str, other: str) -> tuple[str, str]:
+        """(src, dst): target pods are the destination of ingress, the source of egress."""
+        return (other, target) if self.direction == INGRESS else (target, other)
+
+
+def _named_port_set(chain: _Chain, rule_no: int, index: int, ips: tuple[str, ...]) -> str:
+    namer = (
+        names.ingress_named_port_set if chain.direction == INGRESS else names.egress_named_port_set
+    )
+    name = namer(chain.namespace, chain.name, rule_no, index, chain.family)
+    return chain.add_set(name, HASH_IP, family_ips(ips, chain.family))
+
+
+def _allow_ports(
+    chain: _Chain, kind: str, rule_no: int, rule: RuleInfo, src: str, dst: str, named_dst: bool
+) -> None:
+    """Allow src->dst on the rule's ports: all ports, each numeric port, each named port.
+
+    With ``named_dst`` a named port matches its own set of pods on the destination side;
+    without, only its number (egress to any destination).
+    """
+    if rule.match_all_ports:
+        chain.allow(kind, src, dst, None)
+        return
+    for port in rule.ports:
+        chain.allow(kind, src, dst, port)
+    for index, endpoint in enumerate(rule.named):
+        number = PortMatch(endpoint.protocol, str(endpoint.port))
+        if named_dst:
+            named = _named_port_set(chain, rule_no, index, endpoint.ips)
+            chain.allow(kind + NAMED_PORT_SUFFIX, src, named, number)
+        else:
+            chain.allow(kind + NAMED_PORT_SUFFIX, src, dst, number)
+
+
+def _peer_pods_set(chain: _Chain, rule_no: int, rule: RuleInfo) -> str:
+    namer = names.ingress_pods_set if chain.direction == INGRESS else names.egress_pods_set
+    ips = family_ips((ip for pod in rule.peer_pods for ip in pod_ips(pod)), chain.family)
+    return chain.add_set(namer(chain.namespace, chain.name, rule_no, chain.family), HASH_IP, ips)
+
+
+def _ipblock_set(chain: _Chain, rule_no: int, entries: list[str]) -> str:
+    namer = names.ingress_ipblock_set if chain.direction == INGRESS else names.egress_ipblock_set
+    name = namer(chain.namespace, chain.name, rule_no, chain.family)
+    return chain.add_set(name, HASH_NET, tuple(sorted(set(entries))))
+
+
+def _add_rule(chain: _Chain, rule_no: int, rule: RuleInfo, target: str) -> None:
+    """One ingress/egress rule: peer pods, then any peer, then ipBlocks (upstream's order)."""
+    ingress = chain.direction == INGRESS
+    if rule.selects_pods:
+        src, dst = chain.pair(target, _peer_pods_set(chain, rule_no, rule))
+        _allow_ports(chain, "pods", rule_no, rule, src, dst, named_dst=True)
+    if rule.match_all_peers:
+        src, dst = chain.pair(target, "")
+        _allow_ports(chain, "any", rule_no, rule, src, dst, named_dst=ingress)
+    blocks = rule.ipblocks.get(chain.family, [])
+    if blocks:
+        src, dst = chain.pair(target, _ipblock_set(chain, rule_no, blocks))
+        if ingress:
+            _allow_ports(chain, "cidr", rule_no, rule, src, dst, named_dst=True)
+        else:  # upstream matches no named port towards an ipBlock
+            plain = RuleInfo(False, False, match_all_ports=rule.match_all_ports, ports=rule.ports)
+            _allow_ports(chain, "cidr", rule_no, plain, src, dst, named_dst=False)
+
+
+def policy_family(
+    namespace: str,
+    name: str,
+    family: Family,
+    directions: dict[str, list[RuleInfo]],
+    target_ips: tuple[str, ...],
+) -> PolicyFamily:
+    """The chain and sets of a policy for one family; ``directions`` holds the enforced ones."""
+    chain = _Chain(namespace, name, family)
+    for direction, rules in directions.items():
+        chain.direction = direction
+        namer = names.target_dst_set if direction == INGRESS else names.target_src_set
+        target = chain.add_set(namer(namespace, name, family), HASH_IP, target_ips)
+        for rule_no, rule in enumerate(rules):
+            _add_rule(chain, rule_no, rule, target)
+    return PolicyFamily(
+        names.policy_chain(namespace, name, family), tuple(chain.rules), tuple(chain.sets.values())
+    )

@@ -1,0 +1,215 @@
+"""Resolve a NetworkPolicy against the pods and namespaces: who it targets, what each rule allows.
+
+This is the family-independent half of policy compilation. Bad input (an invalid selector,
+CIDR, protocol or port) raises :class:`PolicyError`, which the compiler turns into an error
+result.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from kube_router.controllers.netpol import selectors
+from kube_router.controllers.netpol.names import IPV4, IPV6, Family
+from kube_router.controllers.netpol.pieces import NOMATCH, ip_family, is_actionable, pod_ips
+from kube_router.k8s.models import (
+    IPBlock,
+    LabelSelector,
+    Namespace,
+    NetworkPolicy,
+    NetworkPolicyPeer,
+    NetworkPolicyPort,
+    Pod,
+)
+
+PROTOCOLS: Final = ("TCP", "UDP", "SCTP")
+MAX_PORT: Final = 65535
+POLICY_TYPES: Final = ("Ingress", "Egress")
+# What a /0 ipBlock becomes in a hash:net set (ipset refuses /0), as upstream writes it.
+SPLIT_ANY: Final[Mapping[Family, tuple[str, str]]] = {
+    IPV4: ("0.0.0.0/1", "128.0.0.0/1"),
+    IPV6: ("2000::/3", "fd00::/8"),
+}
+
+PodIndex = Mapping[str, Sequence[Pod]]  # namespace -> its pods
+
+
+class PolicyError(ValueError):
+    """The policy cannot be compiled; the message says why."""
+
+
+@dataclass(frozen=True)
+class PortMatch:
+    """``-p <protocol> [--dport <port>]``; port is "", "80" or "80:90"."""
+
+    protocol: str
+    port: str = ""
+
+
+@dataclass(frozen=True)
+class NamedEndpoint:
+    """A named port resolved to one number, with the pod IPs that expose it under that name."""
+
+    protocol: str
+    port: int
+    ips: tuple[str, ...]
+
+
+@dataclass
+class RuleInfo:
+    """One ingress or egress rule, resolved."""
+
+    match_all_peers: bool  # empty from/to
+    selects_pods: bool  # some peer has a pod or namespace selector
+    peer_pods: list[Pod] = field(default_factory=list)
+    ipblocks: dict[Family, list[str]] = field(default_factory=dict)  # hash:net entries
+    match_all_ports: bool = True  # empty ports
+    ports: list[PortMatch] = field(default_factory=list)
+    named: list[NamedEndpoint] = field(default_factory=list)
+
+
+def policy_types(policy: NetworkPolicy) -> tuple[bool, bool]:
+    """(ingress, egress): spec.policyTypes, or Ingress plus Egress when there are egress rules."""
+    types = policy.spec.policy_types
+    if not types:
+        return True, bool(policy.spec.egress)
+    for kind in types:
+        if kind not in POLICY_TYPES:
+            raise PolicyError(f"unknown policy type {kind!r}")
+    return "Ingress" in types, "Egress" in types
+
+
+def _check_selector(selector: LabelSelector, where: str) -> None:
+    reason = selectors.selector_error(selector)
+    if reason is not None:
+        raise PolicyError(f"{where}: {reason}")
+
+
+def select_pods(pods: Iterable[Pod], selector: LabelSelector) -> list[Pod]:
+    """Actionable pods whose labels match the (valid) selector."""
+    return [p for p in pods if is_actionable(p) and selectors.matches(selector, p.metadata.labels)]
+
+
+def target_pods(policy: NetworkPolicy, pods_index: PodIndex) -> list[Pod]:
+    """The actionable pods of the policy's namespace that its podSelector selects."""
+    _check_selector(policy.spec.pod_selector, "spec.podSelector")
+    return select_pods(pods_index.get(policy.metadata.namespace, ()), policy.spec.pod_selector)
+
+
+def peer_pods(
+    policy: NetworkPolicy,
+    peer: NetworkPolicyPeer,
+    pods_index: PodIndex,
+    namespaces: Iterable[Namespace],
+    where: str,
+) -> list[Pod]:
+    """Pods a peer selects: namespaceSelector AND podSelector, or podSelector in the policy's ns."""
+    pod_selector = peer.pod_selector if peer.pod_selector is not None else LabelSelector()
+    _check_selector(pod_selector, f"{where}.podSelector")
+    if peer.namespace_selector is not None:
+        _check_selector(peer.namespace_selector, f"{where}.namespaceSelector")
+        chosen = [
+            ns.metadata.name
+            for ns in namespaces
+            if selectors.matches(peer.namespace_selector, ns.metadata.labels)
+        ]
+    elif peer.pod_selector is not None:
+        chosen = [policy.metadata.namespace]
+    else:
+        return []
+    found: list[Pod] = []
+    for name in sorted(chosen):
+        found.extend(select_pods(pods_index.get(name, ()), pod_selector))
+    return found
+
+
+def _network(text: str, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise PolicyError(f"{where}: invalid CIDR {text!r}") from None
+
+
+def _block_entries(net: ipaddress.IPv4Network | ipaddress.IPv6Network, suffix: str) -> list[str]:
+    family: Family = IPV4 if net.version == 4 else IPV6
+    texts = SPLIT_ANY[family] if net.prefixlen == 0 else (str(net),)
+    return [f"{text} {suffix}" if suffix else text for text in texts]
+
+
+def ipblock_entries(block: IPBlock, where: str) -> tuple[Family, list[str]]:
+    """The hash:net entries of an ipBlock: its CIDR, then each except CIDR with ``nomatch``."""
+    net = _network(block.cidr, f"{where}.ipBlock.cidr")
+    family: Family = IPV4 if net.version == 4 else IPV6
+    entries = _block_entries(net, "")
+    for text in block.except_:
+        excluded = _network(text, f"{where}.ipBlock.except")
+        if excluded.version != net.version:
+            raise PolicyError(f"{where}.ipBlock.except: {text!r} is not of the family of {net}")
+        entries.extend(_block_entries(excluded, NOMATCH))
+    return family, entries
+
+
+def _protocol(port: NetworkPolicyPort, where: str) -> str:
+    protocol = port.protocol or "TCP"
+    if protocol not in PROTOCOLS:
+        raise PolicyError(f"{where}.protocol: unknown protocol {protocol!r}")
+    return protocol
+
+
+def _numeric_port(port: NetworkPolicyPort, number: int, where: str) -> str:
+    if not 1 <= number <= MAX_PORT:
+        raise PolicyError(f"{where}.port: {number} is not a port number")
+    end = port.end_port
+    if end is None or end < number:  # upstream ignores an endPort below port
+        return str(number)
+    if end > MAX_PORT:
+        raise PolicyError(f"{where}.endPort: {end} is not a port number")
+    return f"{number}:{end}"
+
+
+def named_endpoints(name: str, protocol: str, pods: Iterable[Pod]) -> list[NamedEndpoint]:
+    """The numbers a port name stands for among ``pods`` (same protocol), in port order."""
+    ips_by_port: dict[int, list[str]] = {}
+    for pod in pods:
+        numbers = {
+            cp.container_port
+            for container in pod.spec.containers
+            for cp in container.ports
+            if cp.name == name and (cp.protocol or "TCP") == protocol
+        }
+        for number in numbers:
+            ips_by_port.setdefault(number, []).extend(pod_ips(pod))
+    return [
+        NamedEndpoint(protocol.lower(), number, tuple(ips))
+        for number, ips in sorted(ips_by_port.items())
+    ]
+
+
+def resolve_ports(
+    ports: Sequence[NetworkPolicyPort], owners: Sequence[Pod], where: str
+) -> tuple[list[PortMatch], list[NamedEndpoint]]:
+    """Numeric ports as matches; named ports resolved against the pods that own them."""
+    numeric: list[PortMatch] = []
+    named: list[NamedEndpoint] = []
+    for i, port in enumerate(ports):
+        at = f"{where}.ports[{i}]"
+        protocol = _protocol(port, at)
+        if port.port is None:
+            numeric.append(PortMatch(protocol.lower()))
+        elif isinstance(port.port, int):
+            numeric.append(PortMatch(protocol.lower(), _numeric_port(port, port.port, at)))
+        else:
+            named.extend(named_endpoints(port.port, protocol, owners))
+    return numeric, named
+
+
+def has_named_port(ports: Sequence[NetworkPolicyPort]) -> bool:
+    return any(isinstance(port.port, str) for port in ports)
+
+
+def family_ips(ips: Iterable[str], family: Family) -> tuple[str, ...]:
+    """The addresses of ``family``, sorted and without duplicates."""
+    return tuple(sorted({ip for ip in ips if ip_family(ip) == family}))
