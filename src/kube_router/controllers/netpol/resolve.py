@@ -28,10 +28,11 @@ from kube_router.k8s.models import (
 PROTOCOLS: Final = ("TCP", "UDP", "SCTP")
 MAX_PORT: Final = 65535
 POLICY_TYPES: Final = ("Ingress", "Egress")
-# What a /0 ipBlock becomes in a hash:net set (ipset refuses /0), as upstream writes it.
+# What a /0 ipBlock becomes in a hash:net set (ipset refuses /0). Upstream splits ::/0 into
+# 2000::/3 + fd00::/8, which misses most of the space (a bug); both halves cover all of it.
 SPLIT_ANY: Final[Mapping[Family, tuple[str, str]]] = {
     IPV4: ("0.0.0.0/1", "128.0.0.0/1"),
-    IPV6: ("2000::/3", "fd00::/8"),
+    IPV6: ("::/1", "8000::/1"),
 }
 
 PodIndex = Mapping[str, Sequence[Pod]]  # namespace -> its pods
