@@ -1,0 +1,403 @@
+"""The ipset dataplane port: set model, ``ipset save`` parser, restore transactions, real adapter.
+
+Every change is one ``ipset restore -exist`` input built by :class:`Transaction`. Bulk
+replacement goes through a temporary set and ``swap`` (as upstream kube-router does), so the real
+set is never seen empty or half-filled. ``ipset restore`` itself is *not* atomic: see
+``ipset_fake`` for exactly what survives a failing line.
+
+We own what carries our name: only sets whose name (without the ``inet6:`` prefix) starts with one
+of :data:`OWNED_PREFIXES` are ever read into state, written or destroyed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from kube_router.dataplane.exec import CommandError, Executor
+from kube_router.dataplane.ipset_entry import (
+    FAMILIES,
+    HASH_IP_PORT,
+    INET,
+    INET6,
+    NOMATCH,
+    PORT_PROTOCOLS,
+    PROTO_TEXT,
+    SET_TYPES,
+    InvalidEntryError,
+    IPSetError,
+    normalize_entry,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_NAME_LEN = 31  # IPSET_MAXNAMELEN (32) minus the NUL
+DEFAULT_MAXELEM = 65536
+DEFAULT_HASHSIZE = 1024
+DEFAULT_TIMEOUT = 0  # kube-router creates every set with "timeout 0" (timeout support, permanent)
+IPV6_PREFIX = "inet6:"
+TMP_PREFIX = "TMP-"
+TMP_HASH_BYTES = 10  # 10 bytes of sha1 -> 16 base32 characters, as upstream
+OWNED_PREFIXES = ("kube-router-", "KUBE-SRC-", "KUBE-DST-", TMP_PREFIX)
+IPSET = "ipset"
+
+__all__ = [
+    "DEFAULT_HASHSIZE",
+    "DEFAULT_MAXELEM",
+    "INET",
+    "INET6",
+    "MAX_NAME_LEN",
+    "OWNED_PREFIXES",
+    "IPSetError",
+    "IPSetParseError",
+    "IPSetRestoreError",
+    "InvalidEntryError",
+    "InvalidNameError",
+    "NotOwnedError",
+    "RealIPSets",
+    "SetNotFoundError",
+    "SetSpec",
+    "SetState",
+    "Transaction",
+    "base_name",
+    "family_name",
+    "normalize_entry",
+    "owned",
+    "parse_save",
+    "tmp_name",
+]
+
+
+class InvalidNameError(IPSetError, ValueError):
+    """A set name ipset would refuse (too long, empty, with whitespace)."""
+
+
+class NotOwnedError(IPSetError):
+    """An operation would touch a set that does not carry one of our prefixes."""
+
+
+class SetNotFoundError(IPSetError, KeyError):
+    """The named set does not exist."""
+
+
+class IPSetParseError(IPSetError, ValueError):
+    """``ipset save`` output we cannot read."""
+
+
+class IPSetRestoreError(IPSetError):
+    """``ipset restore`` failed: the line it named (1-based, if it named one), why, exit status.
+
+    Raised by both the real adapter (chained from the CommandError carrying argv and input) and
+    the fake, so tests can compare the two.
+    """
+
+    def __init__(
+        self, line: int | None, reason: str, returncode: int | None = 1, text: str = ""
+    ) -> None:
+        where = f"line {line}" if line is not None else "no line named"
+        super().__init__(f"ipset restore failed ({where}): {reason}")
+        self.line = line
+        self.reason = reason
+        self.returncode = returncode
+        self.text = text
+
+
+def check_name(name: str) -> str:
+    if not name or len(name) > MAX_NAME_LEN or any(c.isspace() for c in name):
+        raise InvalidNameError(f"invalid ipset name {name!r} (1..{MAX_NAME_LEN} chars, no spaces)")
+    return name
+
+
+def family_name(base: str, family: str) -> str:
+    """The kernel name of a set: IPv6 sets get the ``inet6:`` prefix (as upstream)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}")
+    name = f"{IPV6_PREFIX}{base}" if family == INET6 and not base.startswith(IPV6_PREFIX) else base
+    return check_name(name)
+
+
+def base_name(name: str) -> str:
+    """The name without the ``inet6:`` prefix."""
+    return name.removeprefix(IPV6_PREFIX)
+
+
+def owned(name: str, prefixes: Sequence[str] = OWNED_PREFIXES) -> bool:
+    """Whether a set is ours: its base name starts with one of ``prefixes``."""
+    return base_name(name).startswith(tuple(prefixes))
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    """What a set is: name, type, family and create options. ``timeout`` None = no timeout
+    support (foreign sets only; ours always have ``timeout 0``)."""
+
+    name: str
+    type: str
+    family: str = INET
+    maxelem: int = DEFAULT_MAXELEM
+    hashsize: int = DEFAULT_HASHSIZE
+    timeout: int | None = DEFAULT_TIMEOUT
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if self.type not in SET_TYPES:
+            raise ValueError(f"unsupported ipset type {self.type!r} (supported: {SET_TYPES})")
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown family {self.family!r}")
+        if self.maxelem <= 0 or self.hashsize <= 0:
+            raise ValueError("maxelem and hashsize must be positive")
+
+    def options(self) -> str:
+        """Create options as upstream spells them (this string seeds the TMP- name)."""
+        opts = [self.type]
+        if self.timeout is not None:
+            opts += ["timeout", str(self.timeout)]
+        if self.family == INET6:
+            opts += ["family", INET6]
+        if self.hashsize != DEFAULT_HASHSIZE:
+            opts += ["hashsize", str(self.hashsize)]
+        if self.maxelem != DEFAULT_MAXELEM:
+            opts += ["maxelem", str(self.maxelem)]
+        return " ".join(opts)
+
+    def renamed(self, name: str) -> SetSpec:
+        return SetSpec(name, self.type, self.family, self.maxelem, self.hashsize, self.timeout)
+
+
+@dataclass(frozen=True)
+class SetState:
+    """A set as it is: its spec and its canonical entries."""
+
+    spec: SetSpec
+    entries: frozenset[str] = field(default_factory=frozenset)
+
+
+def tmp_name(spec: SetSpec) -> str:
+    """The temporary set for bulk replacement: ``TMP-`` + base32(sha1("tmp:" + options))[:16]."""
+    digest = hashlib.sha1(f"tmp:{spec.options()}".encode(), usedforsecurity=False).digest()
+    return TMP_PREFIX + base64.b32encode(digest[:TMP_HASH_BYTES]).decode()
+
+
+# --- ipset save parser -------------------------------------------------------------------------
+
+_PROTO_NUMBER = {**PORT_PROTOCOLS, **{str(n): n for n in PORT_PROTOCOLS.values()}}
+# create-line options that take a value and that we record or drop
+_VALUE_OPTIONS = {"family", "hashsize", "maxelem", "timeout", "initval", "bucketsize", "netmask"}
+
+
+def _parse_create(tokens: list[str], lineno: int) -> SetSpec:
+    if len(tokens) < 3:
+        raise IPSetParseError(f"line {lineno}: short create line")
+    name, set_type, opts = tokens[1], tokens[2], tokens[3:]
+    values: dict[str, str] = {}
+    i = 0
+    while i < len(opts):
+        if opts[i] in _VALUE_OPTIONS and i + 1 < len(opts):
+            values[opts[i]] = opts[i + 1]  # initval and bucketsize are read and dropped
+            i += 2
+        else:
+            i += 1  # flags such as counters, comment, forceadd: not modelled
+    try:
+        return SetSpec(
+            name,
+            set_type,
+            values.get("family", INET),
+            int(values.get("maxelem", DEFAULT_MAXELEM)),
+            int(values.get("hashsize", DEFAULT_HASHSIZE)),
+            int(values["timeout"]) if "timeout" in values else None,
+        )
+    except ValueError as err:
+        raise IPSetParseError(f"line {lineno}: {err}") from err
+
+
+def _save_entry(set_type: str, tokens: list[str]) -> str:
+    """Canonical entry from an ``add`` line (already canonical except protocol names)."""
+    entry = tokens[2]
+    if set_type == HASH_IP_PORT:
+        addr, _, proto_port = entry.rpartition(",")
+        proto, _, port = proto_port.partition(":")
+        number = _PROTO_NUMBER.get(proto)
+        if number is not None:
+            entry = f"{addr},{PROTO_TEXT.get(number, str(number))}:{port}"
+    return f"{entry} {NOMATCH}" if NOMATCH in tokens[3:] else entry
+
+
+def parse_save(text: str, prefixes: Sequence[str] | None = OWNED_PREFIXES) -> dict[str, SetState]:
+    """Sets (spec + canonical entries) from ``ipset save`` output, ours only unless
+    ``prefixes`` is None. ``initval``/``bucketsize`` are dropped, entry timeouts ignored."""
+    specs: dict[str, SetSpec] = {}
+    entries: dict[str, set[str]] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        cmd = tokens[0]
+        if len(tokens) < 3 or cmd not in ("create", "add"):
+            raise IPSetParseError(f"line {lineno}: unexpected {line!r}")
+        name = tokens[1]
+        if prefixes is not None and not owned(name, prefixes):
+            continue
+        if cmd == "create":
+            specs[name] = _parse_create(tokens, lineno)
+            entries[name] = set()
+        elif name not in specs:
+            raise IPSetParseError(f"line {lineno}: add to {name} before its create line")
+        else:
+            entries[name].add(_save_entry(specs[name].type, tokens))
+    return {name: SetState(spec, frozenset(entries[name])) for name, spec in specs.items()}
+
+
+def render_save(states: Mapping[str, SetState]) -> str:
+    """``ipset save``-shaped text for states (tests and the fake's dump)."""
+    lines: list[str] = []
+    for name, state in states.items():
+        spec = state.spec
+        timeout = f" timeout {spec.timeout}" if spec.timeout is not None else ""
+        lines.append(
+            f"create {name} {spec.type} family {spec.family} hashsize {spec.hashsize} "
+            f"maxelem {spec.maxelem}{timeout}"
+        )
+        lines += [f"add {name} {entry}" for entry in sorted(state.entries)]
+    return "".join(f"{line}\n" for line in lines)
+
+
+# --- transactions ------------------------------------------------------------------------------
+
+
+class Transaction:
+    """One ``ipset restore -exist`` input, built up line by line.
+
+    Entries are normalised (and invalid ones refused) when the set's spec is known: passed as a
+    SetSpec, or created or replaced earlier in this transaction.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.names: set[str] = set()  # every set this transaction touches
+        self._specs: dict[str, SetSpec] = {}
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def render(self) -> str:
+        return "".join(f"{line}\n" for line in self.lines)
+
+    def _touch(self, name: str) -> str:
+        self.names.add(check_name(name))
+        return name
+
+    def _entry(self, target: SetSpec | str, entry: str) -> tuple[str, str]:
+        spec = target if isinstance(target, SetSpec) else self._specs.get(target)
+        name = target.name if isinstance(target, SetSpec) else target
+        self._touch(name)
+        if spec is None:
+            if not entry.strip() or "\n" in entry:
+                raise InvalidEntryError(f"empty or multi-line entry {entry!r}")
+            return name, entry.strip()
+        return name, normalize_entry(spec.type, spec.family, entry)
+
+    def create(self, spec: SetSpec) -> Transaction:
+        self._specs[self._touch(spec.name)] = spec
+        self.lines.append(f"create {spec.name} {spec.options()}")
+        return self
+
+    def add(self, target: SetSpec | str, entry: str) -> Transaction:
+        name, canonical = self._entry(target, entry)
+        self.lines.append(f"add {name} {canonical}")
+        return self
+
+    def delete(self, target: SetSpec | str, entry: str) -> Transaction:
+        name, canonical = self._entry(target, entry)
+        # "del" takes no nomatch flag (ipset: unknown argument); the element identity suffices
+        self.lines.append(f"del {name} {canonical.removesuffix(' ' + NOMATCH)}")
+        return self
+
+    def flush(self, name: str) -> Transaction:
+        self.lines.append(f"flush {self._touch(name)}")
+        return self
+
+    def destroy(self, name: str) -> Transaction:
+        self.lines.append(f"destroy {self._touch(name)}")
+        self._specs.pop(name, None)
+        return self
+
+    def swap(self, a: str, b: str) -> Transaction:
+        self.lines.append(f"swap {self._touch(a)} {self._touch(b)}")
+        spec_a, spec_b = self._specs.pop(a, None), self._specs.pop(b, None)
+        if spec_a is not None:
+            self._specs[b] = spec_a.renamed(b)
+        if spec_b is not None:
+            self._specs[a] = spec_b.renamed(a)
+        return self
+
+    def replace(self, spec: SetSpec, entries: Iterable[str]) -> Transaction:
+        """Make ``spec.name`` hold exactly ``entries``, never visibly empty or partial: fill the
+        temporary set, create the real one (no-op when it exists), swap, drop the temporary."""
+        tmp = spec.renamed(tmp_name(spec))
+        canonical = sorted({normalize_entry(spec.type, spec.family, e) for e in entries})
+        self.create(tmp).flush(tmp.name)  # flush: a TMP- set left by a crash may hold entries
+        prefix = f"add {tmp.name} "
+        self.lines.extend(prefix + e for e in canonical)
+        self.create(spec).swap(tmp.name, spec.name).destroy(tmp.name)
+        return self
+
+
+# --- the real adapter --------------------------------------------------------------------------
+
+
+def check_owned(names: Iterable[str]) -> None:
+    foreign = sorted(n for n in names if not owned(n))
+    if foreign:
+        raise NotOwnedError(f"refusing to touch sets that are not ours: {', '.join(foreign)}")
+
+
+class RealIPSets:
+    """The kernel's ipsets through the ``ipset`` tool."""
+
+    def __init__(self, executor: Executor, binary: str = IPSET) -> None:
+        self.executor = executor
+        self.binary = binary
+
+    async def save(self, prefixes: Sequence[str] | None = None) -> dict[str, SetState]:
+        """Our sets (``prefixes`` default :data:`OWNED_PREFIXES`) as they are in the kernel."""
+        try:
+            result = await self.executor.run([self.binary, "save"])
+        except CommandError as err:
+            raise IPSetError(f"ipset save failed: {err}") from err
+        return parse_save(result.stdout, prefixes or OWNED_PREFIXES)
+
+    async def restore(self, tx: Transaction) -> None:
+        """Apply a transaction; only sets we own may appear in it."""
+        check_owned(tx.names)
+        if tx.lines:
+            await self.restore_unchecked(tx.render())
+
+    async def restore_unchecked(self, text: str) -> None:
+        """Feed ``text`` to ``ipset restore -exist`` as is (no ownership check: tests, tools)."""
+        try:
+            await self.executor.run([self.binary, "restore", "-exist"], input=text)
+        except CommandError as err:
+            raise IPSetRestoreError(err.line, err.stderr.strip(), err.returncode, text) from err
+
+    async def destroy_owned(self, names: Iterable[str]) -> None:
+        """Destroy the named sets, all of which must be ours (missing ones are fine)."""
+        names = list(names)
+        check_owned(names)
+        tx = Transaction()
+        for name in names:
+            tx.destroy(name)
+        await self.restore(tx)
+
+    async def test(self, name: str, value: str) -> bool:
+        """``ipset test``: whether the kernel counts ``value`` as a member (nomatch honoured)."""
+        res = await self.executor.run([self.binary, "test", name, value], check=False)
+        if res.returncode == 0:
+            return True
+        if "is NOT in set" in res.stderr:
+            return False
+        if "does not exist" in res.stderr:
+            raise SetNotFoundError(name)
+        raise IPSetError(f"ipset test {name} {value}: {res.stderr.strip()}")
