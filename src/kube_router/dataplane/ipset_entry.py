@@ -267,8 +267,11 @@ def _hash_ip_port(family: str, text: str) -> ParsedElement:
     return ParsedElement(keys, False, addr.wire + wire)
 
 
-def parse_element(set_type: str, family: str, tokens: list[str]) -> ParsedElement:
-    """Parse the tokens after the set name of an ``add``/``del`` line, as ``ipset`` does."""
+def parse_element(
+    set_type: str, family: str, tokens: list[str], *, adding: bool = True
+) -> ParsedElement:
+    """Parse the tokens after the set name of an ``add`` (or ``del``: ``adding=False``, which
+    takes no ``nomatch``) line, as ``ipset`` does."""
     if not tokens:
         raise EntryError("Missing element", with_line=False, returncode=2)
     text, rest = tokens[0], tokens[1:]
@@ -279,7 +282,7 @@ def parse_element(set_type: str, family: str, tokens: list[str]) -> ParsedElemen
         addr = _parse_addr_field(text, family, plain_v6=set_type == HASH_IP)
         parsed = _hash_ip(family, addr) if set_type == HASH_IP else _hash_net(family, addr)
         addr_wire = addr.wire
-    nomatch, extra, has_timeout = _options(rest, allow_nomatch=set_type == HASH_NET)
+    nomatch, extra, has_timeout = _options(rest, allow_nomatch=adding and set_type == HASH_NET)
     parsed.nomatch, parsed.timeout = nomatch, has_timeout
     # DATA nest header + fields + IPSET_ATTR_LINENO
     parsed.wire_size = ATTR_HDR + addr_wire + parsed.wire_size + extra + ATTR_SCALAR
