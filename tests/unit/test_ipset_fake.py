@@ -268,6 +268,7 @@ def test_contains_other_types() -> None:
     [
         CREATE_A + "add a localhost.localdomain\n",
         CREATE_A + "add a 010.0.0.1\n",
+        CREATE_A + "add a 1.2.3\n",
         "create a bitmap:port range 1-10\n",
         "create a hash:ip counters\n",
     ],

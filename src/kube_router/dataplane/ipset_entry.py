@@ -47,7 +47,8 @@ ATTR_HDR = 4
 ATTR_SCALAR = 8  # u8/u16/u32 attribute
 ADDR_ATTR = {INET: 12, INET6: 24}  # nest header + address attribute
 
-_OCTAL_LIKE = re.compile(r"^[0-9]+(\.[0-9]+){3}$")
+# inet_aton forms ipset accepts and we do not model: octal/hex parts, fewer than four parts
+_ATON_LIKE = re.compile(r"^(0x[0-9a-fA-F]+|[0-9]+)(\.(0x[0-9a-fA-F]+|[0-9]+)){0,3}$")
 
 Key = tuple[int, int, int, int]  # (address, prefix length, protocol, port)
 
@@ -105,8 +106,14 @@ def parse_addr(text: str, family: str) -> int:
             return int(ipaddress.IPv6Address(text))
     except ValueError:
         pass
-    if family == INET and _OCTAL_LIKE.match(text) and all(int(o) <= 255 for o in text.split(".")):
-        raise FakeUnsupportedError(f"{text}: octal address forms are not modelled")
+    parts = text.split(".")
+    dotted_quad = len(parts) == 4 and all(p.isdigit() for p in parts)
+    if (
+        family == INET
+        and _ATON_LIKE.match(text)
+        and not (dotted_quad and max(map(int, parts)) > 255)
+    ):
+        raise FakeUnsupportedError(f"{text}: inet_aton address forms are not modelled")
     if any(c.isalpha() for c in text) and ":" not in text and "." in text:
         raise FakeUnsupportedError(f"{text}: host names are resolved by ipset, not modelled")
     fam = "IPv4" if family == INET else "IPv6"
