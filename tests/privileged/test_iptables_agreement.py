@@ -163,6 +163,10 @@ CASES: list[tuple[str, str, str, bool]] = [
     ("extra-argument", SMALL, "-A A -j ACCEPT extra", False),
     ("two-protocols", SMALL, "-A A -p tcp -p udp", False),
     ("nat-target-in-filter", SMALL, "-A A -j MASQUERADE", False),
+    ("loop-unreachable-is-fine", SMALL, "-A B -j A", True),
+    ("loop-reachable", SMALL + "\n-A INPUT -j A", "-A B -j A", False),
+    ("hook-onto-loop", SMALL + "\n-A B -j A", "-A FORWARD -j A", False),
+    ("self-loop-reachable", SMALL, "-A OUTPUT -j B\n-A B -j B", False),
     ("protocol-names", SMALL, "-A A -p 6\n-A A -p UDP\n-A A -p all\n-A A ! -p tcp", True),
 ]  # fmt: skip
 

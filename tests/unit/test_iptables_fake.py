@@ -7,6 +7,8 @@ re-checks the fake against the real tool.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kube_router.dataplane.exec import CommandError
 from kube_router.dataplane.iptables_fake import FakeIPTables
@@ -184,6 +186,9 @@ TRANSACTIONS: list[tuple[str, str, str | None, dict[str, list[str]] | None]] = [
     (SETUP, ":" + "C" * 29 + " - [0:0]", "28 chars max", None),
     (SETUP, ":A - [0:0]\n-A A -j DROP\n:A - [0:0]", None, {"A": [], "B": ["-j ACCEPT"]}),
     (SETUP, "-F", None, {"A": [], "B": []}),
+    (SETUP, "-A B -j A", None, {"A": ["-j B"], "B": ["-j ACCEPT", "-j A"]}),  # not reachable
+    (SETUP, "-A B -j A\n-A INPUT -j A", "Too many links", None),
+    (SETUP, "-A INPUT -j B\n-A B -j B", "Too many links", None),
 ]
 
 
@@ -267,3 +272,35 @@ def test_earlier_table_blocks_stay_committed() -> None:
     with pytest.raises(CommandError):
         fake.apply("*filter\n:A - [0:0]\nCOMMIT\n*nat\n-A NOPE -j ACCEPT\nCOMMIT\n")
     assert fake.has_chain("A")
+
+
+_FRAGMENTS = st.lists(
+    st.sampled_from(
+        [
+            "-s 10.0.0.5/8", "! -d 10.1.0.5", "-i eth+", "! -o veth0", "-p tcp", "-p udp",
+            "--dport 80:81", "! --sport 1024:", "-m comment --comment \"a b\"",
+            "-m set --match-set S4 src", "-m set ! --match-set SP dst,dst",
+            "-m mark ! --mark 0x10000/0x10000", "-m conntrack --ctstate ESTABLISHED,NEW",
+            "-m addrtype --src-type LOCAL", "-m physdev --physdev-is-bridged",
+            "-m limit --limit 10/minute --limit-burst 10", "-j MARK --set-mark 0x20000/0x20000",
+            "-j NFLOG --nflog-group 100", "-j REJECT", "-j ACCEPT", "-j A",
+        ]
+    ),
+    max_size=6,
+)  # fmt: skip
+
+
+@given(_FRAGMENTS)
+def test_canonical_form_is_a_fixed_point(fragments: list[str]) -> None:
+    """Whatever the fake accepts, it stores in a form it reads back as the same rule."""
+    fake = _fake()
+    rule = " ".join(fragments)
+    try:
+        fake.apply(f"*filter\n:A - [0:0]\n-A INPUT {rule}\nCOMMIT\n")
+    except CommandError:
+        return
+    saved = fake.rules("INPUT")[0].text
+    fake.apply(f"*filter\n-A INPUT {saved}\nCOMMIT\n")
+    assert [r.text for r in fake.rules("INPUT")] == [saved, saved]
+    fake.apply(f"*filter\n-D INPUT {rule}\n-D INPUT {saved}\nCOMMIT\n")
+    assert fake.rules("INPUT") == []

@@ -131,6 +131,30 @@ class _Work:
             raise FakeRestoreError(f"Bad policy name `{policy}'")
         chain.policy = policy
 
+    def check_loops(self) -> None:
+        """Refuse a jump loop reachable from a built-in chain (the kernel says ELOOP)."""
+        graph = {
+            name: {r.target for r in chain.rules if r.jump_chain and r.target is not None}
+            for name, chain in self.table.chains.items()
+        }
+        done: set[str] = set()
+        for root in (n for n, c in self.table.chains.items() if c.policy is not None):
+            stack: list[tuple[str, list[str]]] = [(root, sorted(graph[root]))]
+            path = {root}
+            while stack:
+                node, todo = stack[-1]
+                if not todo:
+                    stack.pop()
+                    path.discard(node)
+                    done.add(node)
+                    continue
+                nxt = todo.pop()
+                if nxt in path:
+                    raise FakeRestoreError(f"RULE_APPEND failed (Too many links): loop via {nxt}")
+                if nxt not in done:
+                    path.add(nxt)
+                    stack.append((nxt, sorted(graph.get(nxt, ()))))
+
     def command(self, words: list[str]) -> None:
         op, args = words[0], words[1:]
         handler = _COMMANDS.get(op)
@@ -261,6 +285,7 @@ class FakeIPTables:
         if work is None:
             raise FakeRestoreError(f"no table specified for {line!r}")
         if line == "COMMIT":
+            work.check_loops()
             self._tables[work.table.name] = work.table
             return None
         if line.startswith(":"):
