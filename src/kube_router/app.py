@@ -19,6 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from kube_router import health, metrics
 from kube_router.controllers.base import Barriers, Controller, PendingController, RunContext
+from kube_router.controllers.netpol.controller import (
+    Dataplane,
+    NetworkPolicyController,
+)
+from kube_router.controllers.netpol.controller import cleanup as netpol_cleanup
+from kube_router.controllers.netpol.names import IPV4, IPV6
+from kube_router.dataplane.exec import CommandError, Executor
 from kube_router.k8s.client import ApiError, ConfigError, KubeClient
 from kube_router.k8s.informers import CacheSyncTimeoutError, Informers
 from kube_router.node import NodeIdentityError, identify, node_name
@@ -51,7 +58,7 @@ def _pending(name: str, period_attr: str, barrier: str | None = None) -> Control
 FACTORIES: dict[str, ControllerFactory] = {
     "router": _pending(health.ROUTES, "routes_sync_period", "cni_firewall_setup"),
     "proxy": _pending(health.SERVICES, "ipvs_sync_period", "proxy_firewall_setup"),
-    "firewall": _pending(health.POLICY, "iptables_sync_period"),
+    "firewall": NetworkPolicyController,
     "loadbalancer": _pending(health.LOADBALANCER, "loadbalancer_sync_period"),
 }
 
@@ -249,7 +256,14 @@ async def run(config: Config) -> int:
 
 async def cleanup(config: Config) -> int:
     """``--cleanup-config``: remove what the controllers own, then exit."""
-    del config
-    for role in ("proxy", "router", "firewall"):
+    status = EXIT_OK
+    families = [f for f, on in ((IPV4, config.enable_ipv4), (IPV6, config.enable_ipv6)) if on]
+    try:
+        await netpol_cleanup(await Dataplane.real(Executor(), families))
+        log.info("cleanup: network policy chains, jumps and ipsets removed")
+    except CommandError as err:
+        log.error("cleanup: network policy: %s", err)
+        status = EXIT_FAILURE
+    for role in ("proxy", "router"):
         log.info("cleanup: the %s controller is not implemented yet; nothing of it to remove", role)
-    return EXIT_OK
+    return status

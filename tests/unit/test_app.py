@@ -24,6 +24,14 @@ def _node(name: str = "n1", ip: str = "127.0.0.1") -> dict[str, Any]:
     }
 
 
+@pytest.fixture(autouse=True)
+def no_host_firewall(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests run in the host namespace: the real policy controller must not start here."""
+    monkeypatch.setitem(
+        app.FACTORIES, "firewall", app._pending(health.POLICY, "iptables_sync_period")
+    )
+
+
 @pytest.fixture
 def kubeconfig(lab: LabServer, tmp_path: Path) -> str:
     path = tmp_path / "kubeconfig"
@@ -240,8 +248,34 @@ async def test_health_port_in_use_exits_1(
         server.close()
 
 
-async def test_cleanup_returns_0(kubeconfig: str) -> None:
+async def test_cleanup_removes_policy_state_through_the_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kube_router.controllers.netpol.controller import Dataplane
+    from kube_router.dataplane.ipset_fake import FakeIPSets
+    from kube_router.dataplane.iptables_fake import FakeIPTables
+
+    sets = FakeIPSets()
+    sets.apply(
+        "create KUBE-SRC-AAAAAAAAAAAAAAAA hash:ip timeout 0\ncreate other-set hash:ip timeout 0\n"
+    )
+    tables = FakeIPTables("ipv4")
+    tables.apply(
+        "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-ROUTER-INPUT - [0:0]\n"
+        '-A INPUT -m comment --comment "kube-router netpol - X" -j KUBE-ROUTER-INPUT\n'
+        "-A INPUT -j ACCEPT\nCOMMIT\n"
+    )
+
+    async def fake_real(_executor: object, _families: object) -> Dataplane:
+        return Dataplane({"IPv4": tables}, sets)
+
+    monkeypatch.setattr(app.Dataplane, "real", fake_real)
     assert await app.cleanup(parse(["--cleanup-config"], {})) == 0
+    assert tables.chain_names() == ["INPUT", "FORWARD", "OUTPUT"] or "KUBE-ROUTER-INPUT" not in (
+        tables.chain_names()
+    )
+    assert [r.text for r in tables.rules("INPUT")] == ["-j ACCEPT"]
+    assert list(sets.state(None)) == ["other-set"]
 
 
 async def test_stop_during_cache_sync_is_clean(unused_tcp_port: int) -> None:

@@ -1,0 +1,157 @@
+"""Turn desired state into the fewest kernel transactions (pure: text in, transactions out).
+
+Incremental (against what we applied last): only chains whose rules changed are rewritten, only
+set members that changed are added or deleted. Full (against what the kernel holds): every chain
+we own is rewritten, every set replaced through a temporary set and ``swap``, our jumps are put
+back at position 1 of the built-in chains, and chains and sets of ours that are no longer wanted
+are removed. Nothing that is not ours is ever named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from kube_router.controllers.netpol.compile import IPSetSpec
+from kube_router.controllers.netpol.desired import BUILTIN_CHAINS, FamilyState
+from kube_router.controllers.netpol.names import IPV6, Family
+from kube_router.dataplane import ipset
+from kube_router.dataplane import iptables_parse as ipt
+
+OWN_CHAIN_PREFIXES = (
+    "KUBE-POD-FW-",
+    "KUBE-NWPLCY-",
+    "KUBE-ROUTER-INPUT",
+    "KUBE-ROUTER-FORWARD",
+    "KUBE-ROUTER-OUTPUT",
+)
+SET_PREFIXES = ("KUBE-SRC-", "KUBE-DST-", "kube-router-local-pods")
+JUMP_COMMENT = "kube-router netpol - "
+
+
+def is_own_chain(name: str) -> bool:
+    return name.startswith(OWN_CHAIN_PREFIXES)
+
+
+def set_spec(spec: IPSetSpec) -> ipset.SetSpec:
+    return ipset.SetSpec(spec.name, spec.kind, "inet6" if spec.family == IPV6 else "inet")
+
+
+@dataclass
+class KernelView:
+    """What a full sync found in the kernel: the filter table and our sets."""
+
+    table: ipt.Table
+    sets: Mapping[str, ipset.SetState]
+
+
+@dataclass
+class Plan:
+    sets_before: ipset.Transaction
+    rules: ipt.Transaction
+    sets_after: ipset.Transaction
+    rule_lines: int = 0
+
+    def empty(self) -> bool:
+        return not (self.sets_before.lines or self.rule_lines or self.sets_after.lines)
+
+
+def _is_our_jump(rule: ipt.Rule) -> bool:
+    return JUMP_COMMENT in rule.spec and "-j KUBE-ROUTER-" in rule.spec
+
+
+def _fix_builtin_jumps(tx: ipt.Transaction, desired: FamilyState, table: ipt.Table) -> int:
+    """Our jump must be the first rule of INPUT/FORWARD/OUTPUT, exactly once."""
+    lines = 0
+    for chain, jump in desired.builtin_jumps().items():
+        rules = table.chains[chain].rules if chain in table.chains else []
+        ours = [r for r in rules if _is_our_jump(r)]
+        if len(ours) == 1 and rules[0] is ours[0]:
+            continue
+        for rule in ours:
+            tx.delete(chain, rule.spec)
+            lines += 1
+        tx.insert(chain, jump, 1)
+        lines += 1
+    return lines
+
+
+def _write_chains(tx: ipt.Transaction, chains: Mapping[str, list[str]]) -> int:
+    for chain in chains:
+        tx.declare(chain)
+    lines = len(chains)
+    for chain, rules in chains.items():
+        for rule in rules:
+            tx.append(chain, rule)
+        lines += len(rules)
+    return lines
+
+
+def _remove_chains(tx: ipt.Transaction, names: list[str]) -> int:
+    for name in names:
+        tx.flush(name)
+    for name in names:
+        tx.delete_chain(name)
+    return 2 * len(names)
+
+
+def plan_full(desired: FamilyState, kernel: KernelView) -> Plan:
+    before, after, tx = ipset.Transaction(), ipset.Transaction(), ipt.Transaction("filter")
+    for spec in desired.sets.values():
+        before.replace(set_spec(spec), spec.entries)
+    own = desired.own_chains()
+    lines = _write_chains(tx, own)
+    stale = sorted(c for c in kernel.table.chains if is_own_chain(c) and c not in own)
+    lines += _remove_chains(tx, stale)
+    lines += _fix_builtin_jumps(tx, desired, kernel.table)
+    for name in sorted(set(kernel.sets) - set(desired.sets)):
+        after.destroy(name)
+    return Plan(before, tx, after, lines)
+
+
+def _set_diff(before: ipset.Transaction, new: IPSetSpec, old: IPSetSpec | None) -> None:
+    if old is None or (old.kind, old.family) != (new.kind, new.family):
+        before.replace(set_spec(new), new.entries)
+        return
+    spec = set_spec(new)
+    old_entries, new_entries = set(old.entries), set(new.entries)
+    for entry in sorted(old_entries - new_entries):
+        before.delete(spec, entry.removesuffix(" nomatch"))
+    for entry in sorted(new_entries - old_entries):
+        before.add(spec, entry)
+
+
+def plan_incremental(desired: FamilyState, last: FamilyState) -> Plan:
+    before, after, tx = ipset.Transaction(), ipset.Transaction(), ipt.Transaction("filter")
+    for name, spec in desired.sets.items():
+        old = last.sets.get(name)
+        if old != spec:
+            _set_diff(before, spec, old)
+    own, old_own = desired.own_chains(), last.own_chains()
+    changed = {c: r for c, r in own.items() if old_own.get(c) != r}
+    lines = _write_chains(tx, changed)
+    lines += _remove_chains(tx, sorted(set(old_own) - set(own)))
+    for name in sorted(set(last.sets) - set(desired.sets)):
+        after.destroy(name)
+    return Plan(before, tx, after, lines)
+
+
+def plan_cleanup(table: ipt.Table, sets: Mapping[str, ipset.SetState]) -> Plan:
+    """Remove every trace of the policy controller: our jumps, chains and sets."""
+    tx = ipt.Transaction("filter")
+    lines = 0
+    for chain in BUILTIN_CHAINS:
+        for rule in table.chains[chain].rules if chain in table.chains else []:
+            if _is_our_jump(rule):
+                tx.delete(chain, rule.spec)
+                lines += 1
+    lines += _remove_chains(tx, sorted(c for c in table.chains if is_own_chain(c)))
+    after = ipset.Transaction()
+    for name in sorted(sets):
+        after.destroy(name)
+    return Plan(ipset.Transaction(), tx, after, lines)
+
+
+def family_names(family: Family) -> tuple[ipt.Family, str]:
+    """The iptables and ipset spellings of a compiler family."""
+    return ("ipv6", "inet6") if family == IPV6 else ("ipv4", "inet")

@@ -1,0 +1,234 @@
+"""The network policy controller (NPC): NetworkPolicy v1 enforced with ipsets and iptables.
+
+Handlers only poke the sync runner. Each sync compiles the desired state from the caches, then
+applies the difference: against what was applied last (incremental), or against what the kernel
+holds (full: every ``--iptables-sync-period``, the first sync, and after any failure, which also
+repairs damage done from outside). Every apply is one ``ipset restore`` for new and changed sets,
+one ``iptables-restore --noflush`` per family, and one ``ipset restore`` to destroy what is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Gauge, Histogram
+
+from kube_router import health
+from kube_router.controllers.base import Controller, RunContext
+from kube_router.controllers.netpol import apply
+from kube_router.controllers.netpol.desired import Desired, FamilyState, build_desired
+from kube_router.controllers.netpol.names import IPV4, IPV6, Family
+from kube_router.controllers.sync import SyncRunner
+from kube_router.dataplane import ipset, iptables_parse
+from kube_router.dataplane.exec import Executor
+from kube_router.dataplane.iptables import IPTables, RealIPTables, detect_backend
+from kube_router.k8s.informer import FuncHandler
+from kube_router.k8s.models import Node
+
+log = logging.getLogger(__name__)
+
+MIN_SYNC_INTERVAL_S = 0.05
+POD_CIDRS_ANNOTATION = "kube-router.io/pod-cidrs"
+POD_CIDR_ANNOTATION = "kube-router.io/pod-cidr"
+
+
+@dataclass
+class Dataplane:
+    """The kernel ports the controller drives: iptables per family and ipset."""
+
+    iptables: dict[Family, IPTables]
+    ipsets: ipset.RealIPSets | Any
+
+    @classmethod
+    async def real(cls, executor: Executor, families: Sequence[Family]) -> Dataplane:
+        backend = await detect_backend(executor)
+        log.info("iptables backend: %s", backend)
+        tables: dict[Family, IPTables] = {
+            f: RealIPTables(executor, apply.family_names(f)[0], backend) for f in families
+        }
+        return cls(tables, ipset.RealIPSets(executor))
+
+
+def node_pod_cidrs(node: Node | None) -> list[str]:
+    """The node's pod CIDRs: the pod-cidrs annotation, else spec.podCIDRs, else podCIDR."""
+    if node is None:
+        return []
+    ann = node.metadata.annotations
+    if ann.get(POD_CIDRS_ANNOTATION):
+        return [c.strip() for c in ann[POD_CIDRS_ANNOTATION].split(",") if c.strip()]
+    if node.spec.pod_cidrs:
+        return list(node.spec.pod_cidrs)
+    if ann.get(POD_CIDR_ANNOTATION):
+        return [ann[POD_CIDR_ANNOTATION]]
+    return [node.spec.pod_cidr] if node.spec.pod_cidr else []
+
+
+class _Metrics:
+    def __init__(self, registry: Any) -> None:
+        ns = "kube_router"
+        self.sync_time = Histogram(
+            "controller_iptables_sync_time",
+            "Time to sync network policy",
+            namespace=ns,
+            registry=registry,
+        )
+        self.chains = Gauge(
+            "controller_policy_chains", "Active policy chains", namespace=ns, registry=registry
+        )
+        self.ipsets = Gauge(
+            "controller_policy_ipsets", "Active policy ipsets", namespace=ns, registry=registry
+        )
+        self.restore = {
+            f: Histogram(
+                f"controller_iptables_{v}_restore_time",
+                f"iptables-restore time {v}",
+                namespace=ns,
+                registry=registry,
+            )
+            for f, v in ((IPV4, "v4"), (IPV6, "v6"))
+        }
+        self.errors = Gauge(
+            "controller_policy_compile_errors",
+            "NetworkPolicies that cannot be compiled (their pods fail closed)",
+            namespace=ns,
+            registry=registry,
+        )
+
+
+class NetworkPolicyController(Controller):
+    name = health.POLICY
+
+    def __init__(self, ctx: RunContext, dataplane: Dataplane | None = None) -> None:
+        super().__init__(ctx)
+        self.dataplane = dataplane
+        self.runner = SyncRunner(
+            "netpol",
+            self.sync,
+            period=ctx.config.iptables_sync_period,
+            min_interval=MIN_SYNC_INTERVAL_S,
+            on_success=self.beat,
+        )
+        self.last: dict[Family, FamilyState] = {}
+        self._reported: dict[str, str] = {}
+        self._metrics: _Metrics | None = None
+
+    @property
+    def sync_period(self) -> float:
+        return float(self.ctx.config.iptables_sync_period)
+
+    def families(self) -> list[Family]:
+        cfg = self.ctx.config
+        return [f for f, on in ((IPV4, cfg.enable_ipv4), (IPV6, cfg.enable_ipv6)) if on]
+
+    async def run(self) -> None:
+        if self.dataplane is None:
+            self.dataplane = await Dataplane.real(Executor(), self.families())
+        if self.ctx.metrics is not None:
+            self._metrics = _Metrics(self.ctx.metrics.registry)
+        poke = FuncHandler[Any](
+            add=lambda _o: self.runner.poke(),
+            update=lambda _o, _n: self.runner.poke(),
+            delete=lambda _o: self.runner.poke(),
+        )
+        inf = self.ctx.informers
+        for informer in (inf.pods, inf.namespaces, inf.networkpolicies, inf.nodes):
+            informer.add_handler(poke)
+        await self.runner.run()
+
+    def desired(self) -> Desired:
+        inf, node = self.ctx.informers, self.ctx.node
+        node_ips = {str(ip) for ip in (node.primary_ip, node.ipv4, node.ipv6) if ip is not None}
+        me = inf.nodes.store.get(node.name)
+        if me is not None:
+            node_ips |= {
+                a.address for a in me.status.addresses if a.type in ("InternalIP", "ExternalIP")
+            }
+        return build_desired(
+            self.ctx.config,
+            inf.pods.store.list(),
+            inf.namespaces.store.list(),
+            inf.networkpolicies.store.list(),
+            node_ips,
+            node_pod_cidrs(me),
+        )
+
+    async def sync(self, full: bool) -> None:
+        start = time.perf_counter()
+        desired = self.desired()
+        self._report_errors(desired.errors)
+        for family, state in desired.families.items():
+            last = None if full else self.last.get(family)
+            self.last.pop(family, None)  # unknown until this apply succeeds
+            await self._apply_family(family, state, last)
+            self.last[family] = state
+        elapsed = time.perf_counter() - start
+        log.debug("netpol %s sync took %.3fs", "full" if full else "partial", elapsed)
+        if self._metrics is not None:
+            self._metrics.sync_time.observe(elapsed)
+            self._metrics.chains.set(desired.policy_chains)
+            self._metrics.ipsets.set(sum(len(s.sets) for s in desired.families.values()))
+            self._metrics.errors.set(len(desired.errors))
+
+    async def _apply_family(
+        self, family: Family, state: FamilyState, last: FamilyState | None
+    ) -> None:
+        assert self.dataplane is not None
+        tables = self.dataplane.iptables[family]
+        if last is None:
+            kernel = apply.KernelView(
+                iptables_parse.parse_save(await tables.save("filter")).get(
+                    "filter", iptables_parse.Table("filter", {})
+                ),
+                await self.dataplane.ipsets.save(apply.SET_PREFIXES),
+            )
+            kernel = apply.KernelView(
+                kernel.table,
+                {
+                    n: s
+                    for n, s in kernel.sets.items()
+                    if s.spec.family == apply.family_names(family)[1]
+                },
+            )
+            plan = apply.plan_full(state, kernel)
+        else:
+            plan = apply.plan_incremental(state, last)
+        if plan.sets_before.lines:
+            await self.dataplane.ipsets.restore(plan.sets_before)
+        if plan.rule_lines:
+            t0 = time.perf_counter()
+            await tables.restore(plan.rules)
+            if self._metrics is not None:
+                self._metrics.restore[family].observe(time.perf_counter() - t0)
+        if plan.sets_after.lines:
+            await self.dataplane.ipsets.restore(plan.sets_after)
+
+    def _report_errors(self, errors: dict[str, str]) -> None:
+        """Log each policy that cannot be compiled once (until its error changes)."""
+        for key, reason in errors.items():
+            if self._reported.get(key) != reason:
+                log.error(
+                    "network policy %s cannot be enforced, its pods fail closed: %s", key, reason
+                )
+        self._reported = dict(errors)
+
+
+async def cleanup(dataplane: Dataplane) -> None:
+    """Remove our jumps, chains and sets (``--cleanup-config``); nothing else is touched."""
+    for family, tables in dataplane.iptables.items():
+        table = iptables_parse.parse_save(await tables.save("filter")).get(
+            "filter", iptables_parse.Table("filter", {})
+        )
+        sets = {
+            n: s
+            for n, s in (await dataplane.ipsets.save(apply.SET_PREFIXES)).items()
+            if s.spec.family == apply.family_names(family)[1]
+        }
+        plan = apply.plan_cleanup(table, sets)
+        if plan.rule_lines:
+            await tables.restore(plan.rules)
+        if plan.sets_after.lines:
+            await dataplane.ipsets.restore(plan.sets_after)
