@@ -104,6 +104,7 @@ async def rig(lab: LabServer, kube: KubeClient) -> AsyncIterator[Rig]:
     cfg = parse([], {})
     ctx = RunContext(cfg, kube, informers, node, HealthChecker(), None, Barriers())
     ctrl = NetworkPolicyController(ctx, Dataplane({"IPv4": tables}, sets))
+    ctrl.watch()
     await ctrl.sync(full=True)
     try:
         yield Rig(lab, ctrl, tables, sets)

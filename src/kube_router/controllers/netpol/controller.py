@@ -20,14 +20,19 @@ from prometheus_client import Gauge, Histogram
 from kube_router import health
 from kube_router.controllers.base import Controller, RunContext
 from kube_router.controllers.netpol import apply
-from kube_router.controllers.netpol.desired import Desired, FamilyState, build_desired
+from kube_router.controllers.netpol.desired import (
+    Changes,
+    Desired,
+    FamilyState,
+    IncrementalCompiler,
+)
 from kube_router.controllers.netpol.names import IPV4, IPV6, Family
-from kube_router.controllers.sync import SyncRunner
+from kube_router.controllers.sync import ChangeTracker, SyncRunner
 from kube_router.dataplane import ipset, iptables_parse
 from kube_router.dataplane.exec import Executor
 from kube_router.dataplane.iptables import IPTables, RealIPTables, detect_backend
 from kube_router.k8s.informer import FuncHandler
-from kube_router.k8s.models import Node
+from kube_router.k8s.models import Namespace, NetworkPolicy, Node, Pod, object_key
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +118,10 @@ class NetworkPolicyController(Controller):
             on_success=self.beat,
         )
         self.last: dict[Family, FamilyState] = {}
+        self.compiler = IncrementalCompiler()
+        self._pods: ChangeTracker[str, Pod] = ChangeTracker()
+        self._namespaces: ChangeTracker[str, Namespace] = ChangeTracker()
+        self._policies: ChangeTracker[str, NetworkPolicy] = ChangeTracker()
         self._reported: dict[str, str] = {}
         self._metrics: _Metrics | None = None
 
@@ -129,17 +138,43 @@ class NetworkPolicyController(Controller):
             self.dataplane = await Dataplane.real(Executor(), self.families())
         if self.ctx.metrics is not None:
             self._metrics = _Metrics(self.ctx.metrics.registry)
-        poke = FuncHandler[Any](
-            add=lambda _o: self.runner.poke(),
-            update=lambda _o, _n: self.runner.poke(),
-            delete=lambda _o: self.runner.poke(),
-        )
-        inf = self.ctx.informers
-        for informer in (inf.pods, inf.namespaces, inf.networkpolicies, inf.nodes):
-            informer.add_handler(poke)
+        self.watch()
         await self.runner.run()
 
-    def desired(self) -> Desired:
+    def watch(self) -> None:
+        """Register the handlers that feed the change trackers (after the caches synced)."""
+        inf = self.ctx.informers
+        inf.pods.add_handler(self._tracking(self._pods))
+        inf.namespaces.add_handler(self._tracking(self._namespaces))
+        inf.networkpolicies.add_handler(self._tracking(self._policies))
+        inf.nodes.add_handler(
+            FuncHandler[Node](
+                add=self._node_changed,
+                update=lambda _o, n: self._node_changed(n),
+                delete=self._node_changed,
+            )
+        )
+
+    def _tracking(self, tracker: ChangeTracker[str, Any]) -> FuncHandler[Any]:
+        """A handler that records the change and pokes the runner (no other work)."""
+
+        def record(old: Any, new: Any) -> None:
+            tracker.record(object_key((new or old).metadata), old, new)
+            self.runner.poke()
+
+        return FuncHandler[Any](
+            add=lambda o: record(None, o), update=record, delete=lambda o: record(o, None)
+        )
+
+    def _node_changed(self, node: Node) -> None:
+        if node.metadata.name == self.ctx.node.name:
+            self.runner.request_full()  # node IPs or pod CIDRs: recompile everything
+
+    def _drain(self, full: bool) -> Changes | None:
+        changes = Changes(self._pods.drain(), self._namespaces.drain(), set(self._policies.drain()))
+        return None if full else changes
+
+    def desired(self, changes: Changes | None = None) -> Desired:
         inf, node = self.ctx.informers, self.ctx.node
         node_ips = {str(ip) for ip in (node.primary_ip, node.ipv4, node.ipv6) if ip is not None}
         me = inf.nodes.store.get(node.name)
@@ -147,18 +182,19 @@ class NetworkPolicyController(Controller):
             node_ips |= {
                 a.address for a in me.status.addresses if a.type in ("InternalIP", "ExternalIP")
             }
-        return build_desired(
+        return self.compiler.build(
             self.ctx.config,
             inf.pods.store.list(),
             inf.namespaces.store.list(),
             inf.networkpolicies.store.list(),
             node_ips,
             node_pod_cidrs(me),
+            changes,
         )
 
     async def sync(self, full: bool) -> None:
         start = time.perf_counter()
-        desired = self.desired()
+        desired = self.desired(self._drain(full))
         self._report_errors(desired.errors)
         for family, state in desired.families.items():
             last = None if full else self.last.get(family)

@@ -18,7 +18,9 @@ from kube_router.controllers.netpol.compile import (
     is_local,
 )
 from kube_router.controllers.netpol.names import Family
-from kube_router.k8s.models import Namespace, NetworkPolicy, Pod
+from kube_router.controllers.netpol.pieces import PodPiece
+from kube_router.controllers.netpol.selectors import matches
+from kube_router.k8s.models import LabelSelector, Namespace, NetworkPolicy, Pod
 
 BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
 
@@ -44,6 +46,154 @@ class Desired:
     policy_chains: int = 0
 
 
+def _ns_selectors(policy: NetworkPolicy) -> list[tuple[LabelSelector, LabelSelector | None]]:
+    peers = [p for r in policy.spec.ingress for p in r.from_]
+    peers += [p for r in policy.spec.egress for p in r.to]
+    return [(p.namespace_selector, p.pod_selector) for p in peers if p.namespace_selector]
+
+
+def _safe_match(selector: LabelSelector | None, labels: dict[str, str]) -> bool:
+    if selector is None:
+        return True
+    try:
+        return matches(selector, labels)
+    except ValueError:
+        return True  # an invalid selector: assume it may match (the policy fails closed anyway)
+
+
+def policy_mentions(policy: NetworkPolicy, pod: Pod, ns_labels: dict[str, str]) -> bool:
+    """Whether a change to ``pod`` can change what ``policy`` compiles to (conservative).
+
+    Targets, podSelector-only peers and named ports all resolve within the policy's namespace;
+    only namespaceSelector peers reach other namespaces.
+    """
+    if pod.metadata.namespace == policy.metadata.namespace:
+        return True
+    return any(
+        _safe_match(ns_sel, ns_labels) and _safe_match(pod_sel, pod.metadata.labels)
+        for ns_sel, pod_sel in _ns_selectors(policy)
+    )
+
+
+def policy_sees_namespace(policy: NetworkPolicy, labels: dict[str, str]) -> bool:
+    return any(_safe_match(ns_sel, labels) for ns_sel, _ in _ns_selectors(policy))
+
+
+@dataclass
+class Changes:
+    """What changed since the last sync, from the change trackers."""
+
+    pods: dict[str, tuple[Pod | None, Pod | None]] = field(default_factory=dict)
+    namespaces: dict[str, tuple[Namespace | None, Namespace | None]] = field(default_factory=dict)
+    policies: set[str] = field(default_factory=set)
+
+
+class IncrementalCompiler:
+    """Keeps compiled policy and pod pieces; recompiles only what a change can affect."""
+
+    def __init__(self) -> None:
+        self.policies: dict[str, PolicyPiece] = {}
+        self.pods: dict[str, PodPiece] = {}
+        self.recompiled_policies = 0
+        self.recompiled_pods = 0
+
+    def _dirty_policies(
+        self, changes: Changes, objs: dict[str, NetworkPolicy], ns_labels: dict[str, dict[str, str]]
+    ) -> set[str]:
+        dirty = set(changes.policies) | (set(objs) ^ set(self.policies))
+        for old, new in changes.pods.values():
+            for pod in (p for p in (old, new) if p is not None):
+                labels = ns_labels.get(pod.metadata.namespace, {})
+                dirty |= {k for k, pol in objs.items() if policy_mentions(pol, pod, labels)}
+        for old_ns, new_ns in changes.namespaces.values():
+            for ns in (n for n in (old_ns, new_ns) if n is not None):
+                dirty |= {
+                    k for k, pol in objs.items() if policy_sees_namespace(pol, ns.metadata.labels)
+                }
+        return dirty
+
+    def build(
+        self,
+        cfg: Config,
+        pods: Iterable[Pod],
+        namespaces: Sequence[Namespace],
+        policies: Iterable[NetworkPolicy],
+        node_ips: set[str],
+        node_pod_cidrs: Sequence[str],
+        changes: Changes | None,
+    ) -> Desired:
+        """The whole desired state; ``changes`` None means recompile everything."""
+        by_ns, local = _index_pods(pods, node_ips)
+        objs = {f"{p.metadata.namespace}/{p.metadata.name}": p for p in policies}
+        ns_labels = {n.metadata.name: n.metadata.labels for n in namespaces}
+        if changes is None:
+            self.policies, self.pods = {}, {}
+            dirty = set(objs)
+        else:
+            dirty = self._dirty_policies(changes, objs, ns_labels)
+        changed_targets: set[str] = set()
+        for key in dirty:
+            old = self.policies.pop(key, None)
+            new = compile_policy(objs[key], by_ns, namespaces, cfg) if key in objs else None
+            self.recompiled_policies += new is not None
+            if new is not None:
+                self.policies[key] = new
+            if old != new:
+                changed_targets |= (old.target_pods if old else frozenset()) | (
+                    new.target_pods if new else frozenset()
+                )
+        self._update_pods(cfg, local, changes, changed_targets)
+        return _assemble_all(cfg, self.policies.values(), self.pods.values(), node_pod_cidrs)
+
+    def _update_pods(
+        self, cfg: Config, local: dict[str, Pod], changes: Changes | None, changed_targets: set[str]
+    ) -> None:
+        for key in set(self.pods) - set(local):
+            del self.pods[key]
+        changed_pods = set(changes.pods) if changes is not None else set(local)
+        todo = {k for k in local if k not in self.pods} | (
+            (changed_pods | changed_targets) & set(local)
+        )
+        if not todo:
+            return
+        selecting: dict[str, list[PolicyPiece]] = defaultdict(list)
+        for piece in self.policies.values():
+            for key in piece.target_pods & todo:
+                selecting[key].append(piece)
+        for key in todo:
+            self.pods[key] = compile_pod(local[key], selecting.get(key, []), cfg)
+            self.recompiled_pods += 1
+
+
+def _index_pods(
+    pods: Iterable[Pod], node_ips: set[str]
+) -> tuple[dict[str, list[Pod]], dict[str, Pod]]:
+    by_ns: dict[str, list[Pod]] = defaultdict(list)
+    local: dict[str, Pod] = {}
+    for pod in pods:
+        if not is_actionable(pod):
+            continue
+        by_ns[pod.metadata.namespace].append(pod)
+        if is_local(pod, node_ips):
+            local[f"{pod.metadata.namespace}/{pod.metadata.name}"] = pod
+    return by_ns, local
+
+
+def _assemble_all(
+    cfg: Config,
+    pieces: Iterable[PolicyPiece],
+    pod_pieces: Iterable[PodPiece],
+    node_pod_cidrs: Sequence[str],
+) -> Desired:
+    pieces, pod_pieces = list(pieces), list(pod_pieces)
+    families: dict[Family, FamilyState] = {}
+    for family, chains in compile_static(cfg, list(node_pod_cidrs)).items():
+        all_chains, sets = assemble(chains, pieces, pod_pieces, family, cfg.netpol_default_deny)
+        families[family] = FamilyState(all_chains, {s.name: s for s in sets})
+    errors = {f"{p.namespace}/{p.name}": p.error for p in pieces if p.error}
+    return Desired(families, errors, sum(len(p.families) for p in pieces))
+
+
 def build_desired(
     cfg: Config,
     pods: Iterable[Pod],
@@ -52,29 +202,7 @@ def build_desired(
     node_ips: set[str],
     node_pod_cidrs: Sequence[str],
 ) -> Desired:
-    """Compile everything: static chains, every policy, every local pod's chain."""
-    by_ns: dict[str, list[Pod]] = defaultdict(list)
-    local: list[Pod] = []
-    for pod in pods:
-        if not is_actionable(pod):
-            continue
-        by_ns[pod.metadata.namespace].append(pod)
-        if is_local(pod, node_ips):
-            local.append(pod)
-    pieces = [compile_policy(p, by_ns, namespaces, cfg) for p in policies]
-    errors = {f"{p.namespace}/{p.name}": p.error for p in pieces if p.error}
-    selecting: dict[str, list[PolicyPiece]] = defaultdict(list)
-    for piece in pieces:
-        for key in piece.target_pods:
-            selecting[key].append(piece)
-    pod_pieces = [
-        compile_pod(pod, selecting.get(f"{pod.metadata.namespace}/{pod.metadata.name}", []), cfg)
-        for pod in local
-    ]
-    families: dict[Family, FamilyState] = {}
-    static = compile_static(cfg, list(node_pod_cidrs))
-    for family, chains in static.items():
-        all_chains, sets = assemble(chains, pieces, pod_pieces, family, cfg.netpol_default_deny)
-        families[family] = FamilyState(all_chains, {s.name: s for s in sets})
-    policy_chains = sum(len(p.families) for p in pieces)
-    return Desired(families, errors, policy_chains)
+    """Compile everything from scratch: static chains, every policy, every local pod's chain."""
+    return IncrementalCompiler().build(
+        cfg, pods, namespaces, policies, node_ips, node_pod_cidrs, None
+    )
