@@ -339,7 +339,11 @@ async def test_upstream_ingress_egress_and_compound_specs(cluster: Cluster) -> N
 
 
 async def test_upstream_label_changes_policy_updates_and_deletes(cluster: Cluster) -> None:
-    """Tests 80 (delete restores), 81 (pod relabel), 82 (namespace relabel), policy updates."""
+    """Tests 80 (delete restores), 81 (pod relabel), 82 (namespace relabel), policy updates.
+
+    Beyond upstream: a namespace relabel seen by an egress rule, and pods moving in and out of
+    a policy's podSelector (the policy's targets, not its peers).
+    """
     c = cluster
     await c.apply_policy(
         ingress(
@@ -349,26 +353,43 @@ async def test_upstream_label_changes_policy_updates_and_deletes(cluster: Cluste
     await c.apply_policy(
         ingress("x", "ns-label-change", "b", [{"from": [{"namespaceSelector": sel(env="prod")}]}])
     )
-    await c.check(cells(ALL, ["x/a", "x/b"]))
+    await c.apply_policy(
+        egress("x", "egress-ns-label", "c", [{"to": [{"namespaceSelector": sel(env="prod")}]}])
+    )
+    await c.apply_policy(ingress("y", "target-relabel", "a", []))
+    await c.check(cells(ALL, ["x/a", "x/b", "y/a"]) | cells(["x/c"], ALL))
 
-    # 81 and 82: x/c gains role=privileged, namespace z gains env=prod.
+    # 81 and 82: x/c gains role=privileged, namespace z gains env=prod; y/a leaves the deny
+    # policy's podSelector and y/b joins it.
     await c.set_pod_labels("x/c", {"pod": "c", "role": "privileged"})
     await c.set_namespace_labels("z", {"ns": "z", "env": "prod"})
-    await c.check(cells(but(ALL, "x/c"), ["x/a"]) | cells(X + Y, ["x/b"]))
+    await c.set_pod_labels("y/a", {"pod": "a-moved"})
+    await c.set_pod_labels("y/b", {"pod": "a"})
+    await c.check(
+        cells(but(ALL, "x/c"), ["x/a"])
+        | cells(X + Y, ["x/b"])
+        | cells(["x/c"], X + Y)
+        | cells(ALL, ["y/b"])
+    )
 
-    # Labels removed again; y/c's role=privileged does not count (the peer is x's pods only);
-    # the policy is updated to let x/b in instead.
+    # Labels back; y/c's role=privileged does not count (the peer is x's pods only); the
+    # policy is updated to let x/b in instead.
     await c.set_pod_labels("x/c", {"pod": "c"})
     await c.set_namespace_labels("z", {"ns": "z"})
+    await c.set_pod_labels("y/a", {"pod": "a"})
+    await c.set_pod_labels("y/b", {"pod": "b"})
     await c.set_pod_labels("y/c", {"pod": "c", "role": "privileged"})
     await c.apply_policy(
         ingress("x", "label-change-test", "a", [{"from": [{"podSelector": sel(pod="b")}]}])
     )
-    await c.check(cells(but(ALL, "x/b"), ["x/a"]) | cells(ALL, ["x/b"]))
+    await c.check(
+        cells(but(ALL, "x/b"), ["x/a"]) | cells(ALL, ["x/b", "y/a"]) | cells(["x/c"], ALL)
+    )
 
     # 80: deleting the policies restores all traffic.
-    await c.delete_policy("x", "label-change-test")
-    await c.delete_policy("x", "ns-label-change")
+    for key in ("x/label-change-test", "x/ns-label-change", "x/egress-ns-label"):
+        await c.delete_policy(*key.split("/"))
+    await c.delete_policy("y", "target-relabel")
     await c.check(set())
 
 
