@@ -21,6 +21,7 @@ from kube_router.health import HealthChecker
 from kube_router.k8s.client import KubeClient
 from kube_router.k8s.informers import Informers
 from kube_router.lab.apiserver import LabServer
+from kube_router.metrics import Metrics
 from kube_router.node import NodeIdentity
 
 NODE_IP = "192.168.50.1"
@@ -102,9 +103,9 @@ async def rig(lab: LabServer, kube: KubeClient) -> AsyncIterator[Rig]:
         "n1", ipaddress.ip_address(NODE_IP), ipaddress.ip_address(NODE_IP), None, None
     )
     cfg = parse([], {})
-    ctx = RunContext(cfg, kube, informers, node, HealthChecker(), None, Barriers())
+    ctx = RunContext(cfg, kube, informers, node, HealthChecker(), Metrics(), Barriers())
     ctrl = NetworkPolicyController(ctx, Dataplane({"IPv4": tables}, sets))
-    ctrl.watch()
+    await ctrl.start()
     await ctrl.sync(full=True)
     try:
         yield Rig(lab, ctrl, tables, sets)
@@ -209,3 +210,21 @@ async def test_full_sync_repairs_outside_damage(rig: Rig) -> None:
     await rig.ctrl.sync(full=True)
     assert rig.verdict("10.244.1.11", "10.244.1.12", 80) == "REJECT"
     assert rig.tables.rules("FORWARD")[0].text.endswith("-j KUBE-ROUTER-FORWARD")
+
+
+async def test_upstream_metrics_are_registered_and_observed(rig: Rig) -> None:
+    assert rig.ctrl.ctx.metrics is not None
+    text = rig.ctrl.ctx.metrics.render().decode()
+    for name in (
+        "controller_iptables_sync_time_count",
+        "controller_policy_chains_sync_time_count",
+        "controller_iptables_v4_save_time_count",
+        "controller_iptables_v4_restore_time_count",
+        "controller_policy_ipset_v4_restore_time_count",
+        "controller_policy_chains",
+        "controller_policy_ipsets",
+        "controller_policy_compile_errors",
+    ):
+        assert f"kube_router_{name}" in text, name
+    assert "v6_restore_time" not in text  # IPv6 is off
+    assert "kube_router_controller_iptables_sync_time_count 1.0" in text

@@ -9,9 +9,10 @@ one ``iptables-restore --noflush`` per family, and one ``ipset restore`` to dest
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,36 +73,51 @@ def node_pod_cidrs(node: Node | None) -> list[str]:
     return [node.spec.pod_cidr] if node.spec.pod_cidr else []
 
 
+_V = {IPV4: "v4", IPV6: "v6"}
+
+
 class _Metrics:
-    def __init__(self, registry: Any) -> None:
-        ns = "kube_router"
-        self.sync_time = Histogram(
-            "controller_iptables_sync_time",
-            "Time to sync network policy",
-            namespace=ns,
-            registry=registry,
+    """Upstream's NPC metrics (per-family ones only for enabled families), plus compile errors."""
+
+    def __init__(self, registry: Any, families: Sequence[Family]) -> None:
+        def hist(name: str, doc: str) -> Histogram:
+            return Histogram(name, doc, namespace="kube_router", registry=registry)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, namespace="kube_router", registry=registry)
+
+        self.sync_time = hist("controller_iptables_sync_time", "Time to sync network policy")
+        self.compile_time = hist(
+            "controller_policy_chains_sync_time", "Time to compile policy chains"
         )
-        self.chains = Gauge(
-            "controller_policy_chains", "Active policy chains", namespace=ns, registry=registry
-        )
-        self.ipsets = Gauge(
-            "controller_policy_ipsets", "Active policy ipsets", namespace=ns, registry=registry
-        )
-        self.restore = {
-            f: Histogram(
-                f"controller_iptables_{v}_restore_time",
-                f"iptables-restore time {v}",
-                namespace=ns,
-                registry=registry,
-            )
-            for f, v in ((IPV4, "v4"), (IPV6, "v6"))
-        }
-        self.errors = Gauge(
+        self.chains = gauge("controller_policy_chains", "Active policy chains")
+        self.ipsets = gauge("controller_policy_ipsets", "Active policy ipsets")
+        self.errors = gauge(
             "controller_policy_compile_errors",
             "NetworkPolicies that cannot be compiled (their pods fail closed)",
-            namespace=ns,
-            registry=registry,
         )
+        self.save = {
+            f: hist(f"controller_iptables_{_V[f]}_save_time", f"iptables-save time ({_V[f]})")
+            for f in families
+        }
+        self.restore = {
+            f: hist(f"controller_iptables_{_V[f]}_restore_time", f"iptables-restore time ({_V[f]})")
+            for f in families
+        }
+        self.ipset_restore = {
+            f: hist(
+                f"controller_policy_ipset_{_V[f]}_restore_time", f"ipset restore time ({_V[f]})"
+            )
+            for f in families
+        }
+
+
+@contextlib.contextmanager
+def _timed(hist: Histogram | None) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    if hist is not None:
+        hist.observe(time.perf_counter() - start)
 
 
 class NetworkPolicyController(Controller):
@@ -133,16 +149,14 @@ class NetworkPolicyController(Controller):
         cfg = self.ctx.config
         return [f for f, on in ((IPV4, cfg.enable_ipv4), (IPV6, cfg.enable_ipv6)) if on]
 
-    async def run(self) -> None:
+    async def start(self) -> None:
+        """Ports, metrics and handlers (after the caches synced); nothing runs yet."""
         if self.dataplane is None:
             self.dataplane = await Dataplane.real(Executor(), self.families())
         if self.ctx.metrics is not None:
-            self._metrics = _Metrics(self.ctx.metrics.registry)
-        self.watch()
-        await self.runner.run()
-
-    def watch(self) -> None:
-        """Register the handlers that feed the change trackers (after the caches synced)."""
+            self._metrics = _Metrics(self.ctx.metrics.registry, self.families())
+        if self.ctx.config.use_nftables_for_netpol:
+            log.warning("--use-nftables-for-netpol is not implemented yet; using iptables")
         inf = self.ctx.informers
         inf.pods.add_handler(self._tracking(self._pods))
         inf.namespaces.add_handler(self._tracking(self._namespaces))
@@ -154,6 +168,10 @@ class NetworkPolicyController(Controller):
                 delete=self._node_changed,
             )
         )
+
+    async def run(self) -> None:
+        await self.start()
+        await self.runner.run()
 
     def _tracking(self, tracker: ChangeTracker[str, Any]) -> FuncHandler[Any]:
         """A handler that records the change and pokes the runner (no other work)."""
@@ -194,7 +212,9 @@ class NetworkPolicyController(Controller):
 
     async def sync(self, full: bool) -> None:
         start = time.perf_counter()
-        desired = self.desired(self._drain(full))
+        m = self._metrics
+        with _timed(m.compile_time if m else None):
+            desired = self.desired(self._drain(full))
         self._report_errors(desired.errors)
         for family, state in desired.families.items():
             last = None if full else self.last.get(family)
@@ -203,44 +223,41 @@ class NetworkPolicyController(Controller):
             self.last[family] = state
         elapsed = time.perf_counter() - start
         log.debug("netpol %s sync took %.3fs", "full" if full else "partial", elapsed)
-        if self._metrics is not None:
-            self._metrics.sync_time.observe(elapsed)
-            self._metrics.chains.set(desired.policy_chains)
-            self._metrics.ipsets.set(sum(len(s.sets) for s in desired.families.values()))
-            self._metrics.errors.set(len(desired.errors))
+        if m is not None:
+            m.sync_time.observe(elapsed)
+            m.chains.set(desired.policy_chains)
+            m.ipsets.set(sum(len(s.sets) for s in desired.families.values()))
+            m.errors.set(len(desired.errors))
+
+    async def _kernel_view(self, family: Family) -> apply.KernelView:
+        assert self.dataplane is not None
+        m = self._metrics
+        with _timed(m.save.get(family) if m else None):
+            saved = await self.dataplane.iptables[family].save("filter")
+        table = iptables_parse.parse_save(saved).get("filter", iptables_parse.Table("filter", {}))
+        spelling = apply.family_names(family)[1]
+        sets = await self.dataplane.ipsets.save(apply.SET_PREFIXES)
+        return apply.KernelView(table, {n: s for n, s in sets.items() if s.spec.family == spelling})
 
     async def _apply_family(
         self, family: Family, state: FamilyState, last: FamilyState | None
     ) -> None:
         assert self.dataplane is not None
-        tables = self.dataplane.iptables[family]
+        m = self._metrics
         if last is None:
-            kernel = apply.KernelView(
-                iptables_parse.parse_save(await tables.save("filter")).get(
-                    "filter", iptables_parse.Table("filter", {})
-                ),
-                await self.dataplane.ipsets.save(apply.SET_PREFIXES),
-            )
-            kernel = apply.KernelView(
-                kernel.table,
-                {
-                    n: s
-                    for n, s in kernel.sets.items()
-                    if s.spec.family == apply.family_names(family)[1]
-                },
-            )
-            plan = apply.plan_full(state, kernel)
+            plan = apply.plan_full(state, await self._kernel_view(family))
         else:
             plan = apply.plan_incremental(state, last)
+        ipset_hist = m.ipset_restore.get(family) if m else None
         if plan.sets_before.lines:
-            await self.dataplane.ipsets.restore(plan.sets_before)
+            with _timed(ipset_hist):
+                await self.dataplane.ipsets.restore(plan.sets_before)
         if plan.rule_lines:
-            t0 = time.perf_counter()
-            await tables.restore(plan.rules)
-            if self._metrics is not None:
-                self._metrics.restore[family].observe(time.perf_counter() - t0)
+            with _timed(m.restore.get(family) if m else None):
+                await self.dataplane.iptables[family].restore(plan.rules)
         if plan.sets_after.lines:
-            await self.dataplane.ipsets.restore(plan.sets_after)
+            with _timed(ipset_hist):
+                await self.dataplane.ipsets.restore(plan.sets_after)
 
     def _report_errors(self, errors: dict[str, str]) -> None:
         """Log each policy that cannot be compiled once (until its error changes)."""
