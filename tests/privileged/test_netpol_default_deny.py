@@ -143,12 +143,6 @@ async def test_default_deny_pod_cidr_learned_later(tmp_path: Path) -> None:
         await c.check(around(NEW))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--netpol-default-deny without a pod CIDR on the Node is silently a no-op: "
-    "static_rules.tail_rules emits no REJECT rule for an empty CIDR list and nothing logs it "
-    "(upstream's constructor fails; its docs promise a log line)",
-)
 async def test_default_deny_without_pod_cidr_is_reported(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

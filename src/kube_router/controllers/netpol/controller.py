@@ -139,6 +139,7 @@ class NetworkPolicyController(Controller):
         self._namespaces: ChangeTracker[str, Namespace] = ChangeTracker()
         self._policies: ChangeTracker[str, NetworkPolicy] = ChangeTracker()
         self._reported: dict[str, str] = {}
+        self._default_deny_idle = False
         self._metrics: _Metrics | None = None
 
     @property
@@ -200,15 +201,35 @@ class NetworkPolicyController(Controller):
             node_ips |= {
                 a.address for a in me.status.addresses if a.type in ("InternalIP", "ExternalIP")
             }
+        cidrs = node_pod_cidrs(me)
+        self._check_default_deny(cidrs)
         return self.compiler.build(
             self.ctx.config,
             inf.pods.store.list(),
             inf.namespaces.store.list(),
             inf.networkpolicies.store.list(),
             node_ips,
-            node_pod_cidrs(me),
+            cidrs,
             changes,
         )
+
+    def _check_default_deny(self, cidrs: Sequence[str]) -> None:
+        """Say loudly (once) that --netpol-default-deny cannot act without the node's pod CIDRs."""
+        idle = self.ctx.config.netpol_default_deny and not cidrs
+        if idle and not self._default_deny_idle:
+            log.error(
+                "--netpol-default-deny is set but node %s has no pod CIDR (spec.podCIDRs or "
+                "the kube-router.io/pod-cidrs annotation): default-deny is NOT in force "
+                "until one is set",
+                self.ctx.node.name,
+            )
+        elif self._default_deny_idle and not idle:
+            log.info(
+                "node %s has pod CIDRs %s: default-deny is in force",
+                self.ctx.node.name,
+                ", ".join(cidrs),
+            )
+        self._default_deny_idle = idle
 
     async def sync(self, full: bool) -> None:
         start = time.perf_counter()
