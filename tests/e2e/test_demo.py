@@ -88,6 +88,14 @@ def test_demo_up_serves_and_tears_down(tmp_path: Path) -> None:
         nodes = {n.metadata.name: n for n in api.list_node().items}
         assert sorted(nodes) == ["node1", "node2"]
         assert nodes["node1"].spec.pod_cidr == "10.248.1.0/24"
+        # The policy controller runs for real in each node's namespace.
+        saved = subprocess.run(
+            ["ip", "netns", "exec", f"{PREFIX}-node1", "iptables-nft-save", "-t", "filter"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert ":KUBE-ROUTER-FORWARD" in saved.stdout and "-j KUBE-ROUTER-FORWARD" in saved.stdout
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     finally:
@@ -95,7 +103,9 @@ def test_demo_up_serves_and_tears_down(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert _gone()
-    assert "NetworkPolicyController: not implemented yet" in (tmp_path / "node1.log").read_text()
+    log = (tmp_path / "node1.log").read_text()
+    assert "NetworkRoutesController: not implemented yet" in log
+    assert "iptables backend" in log and "Traceback" not in log
 
 
 def test_demo_down_cleans_after_a_killed_demo(tmp_path: Path) -> None:
