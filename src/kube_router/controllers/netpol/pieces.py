@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -97,6 +98,12 @@ def enabled_families(cfg: Config) -> tuple[Family, ...]:
     return tuple(f for f, on in ((IPV4, cfg.enable_ipv4), (IPV6, cfg.enable_ipv6)) if on)
 
 
+# Every compile asks for the family of every peer IP; parsing with ipaddress each time was 60-70 %
+# of compile at scale (bench/netpol.py). Pod IPs repeat across syncs, so remember the answers.
+IP_FAMILY_CACHE_SIZE: Final = 1 << 17
+
+
+@functools.lru_cache(maxsize=IP_FAMILY_CACHE_SIZE)
 def ip_family(text: str) -> Family | None:
     """The family of an address, or None when it is not one."""
     try:
