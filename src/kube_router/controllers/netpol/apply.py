@@ -9,6 +9,7 @@ are removed. Nothing that is not ours is ever named.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -121,6 +122,44 @@ def _set_diff(before: ipset.Transaction, new: IPSetSpec, old: IPSetSpec | None) 
         before.add(spec, entry)
 
 
+PATCH_MIN_RULES = 32  # smaller chains are simply rewritten
+
+
+Patch = tuple[list[str], list[tuple[int, str]]]  # rules to delete, (position, rule) to insert
+
+
+def _chain_patch(old: list[str], new: list[str]) -> Patch | None:
+    """How to edit a long chain in place (``-D`` what went, ``-I`` what came), if worth it.
+
+    Adding one pod to a node with hundreds touches two rules of each KUBE-ROUTER-* chain; a
+    rewrite would resend thousands. None when the chain is short or the change is large.
+    """
+    if len(new) < PATCH_MIN_RULES or len(old) < PATCH_MIN_RULES:
+        return None
+    ops = difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes()
+    gone = [
+        rule for tag, i1, i2, _, _ in ops if tag in ("delete", "replace") for rule in old[i1:i2]
+    ]
+    came = [
+        (j, new[j])
+        for tag, _, _, j1, j2 in ops
+        if tag in ("insert", "replace")
+        for j in range(j1, j2)
+    ]
+    if len(gone) + len(came) > len(new) // 2:
+        return None
+    return gone, came
+
+
+def _apply_patch(tx: ipt.Transaction, chain: str, patch: Patch) -> int:
+    gone, came = patch
+    for rule in gone:
+        tx.delete(chain, rule)
+    for j, rule in came:  # ascending: each lands at its final position
+        tx.insert(chain, rule, j + 1)
+    return len(gone) + len(came)
+
+
 def plan_incremental(desired: FamilyState, last: FamilyState) -> Plan:
     before, after, tx = ipset.Transaction(), ipset.Transaction(), ipt.Transaction("filter")
     for name, spec in desired.sets.items():
@@ -129,7 +168,16 @@ def plan_incremental(desired: FamilyState, last: FamilyState) -> Plan:
             _set_diff(before, spec, old)
     own, old_own = desired.own_chains(), last.own_chains()
     changed = {c: r for c, r in own.items() if old_own.get(c) != r}
-    lines = _write_chains(tx, changed)
+    patches = {
+        c: p
+        for c in changed
+        if c in old_own
+        if (p := _chain_patch(old_own[c], changed[c])) is not None
+    }
+    # New chains first, so that patched-in jumps find them.
+    lines = _write_chains(tx, {c: r for c, r in changed.items() if c not in patches})
+    for chain, patch in patches.items():
+        lines += _apply_patch(tx, chain, patch)
     lines += _remove_chains(tx, sorted(set(old_own) - set(own)))
     for name in sorted(set(last.sets) - set(desired.sets)):
         after.destroy(name)
