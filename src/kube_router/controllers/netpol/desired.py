@@ -17,8 +17,9 @@ from kube_router.controllers.netpol.compile import (
     is_actionable,
     is_local,
 )
+from kube_router.controllers.netpol.delta import PodChange, apply_delta
 from kube_router.controllers.netpol.names import Family
-from kube_router.controllers.netpol.pieces import PodPiece
+from kube_router.controllers.netpol.pieces import PodPiece, pod_ips
 from kube_router.controllers.netpol.selectors import matches
 from kube_router.k8s.models import LabelSelector, Namespace, NetworkPolicy, Pod
 
@@ -96,21 +97,34 @@ class IncrementalCompiler:
         self.pods: dict[str, PodPiece] = {}
         self.recompiled_policies = 0
         self.recompiled_pods = 0
+        self.deltas = 0
 
     def _dirty_policies(
         self, changes: Changes, objs: dict[str, NetworkPolicy], ns_labels: dict[str, dict[str, str]]
-    ) -> set[str]:
+    ) -> tuple[set[str], dict[str, list[PodChange]]]:
+        """Policies to recompile, and policies a pod reaches only across namespaces (deltas)."""
         dirty = set(changes.policies) | (set(objs) ^ set(self.policies))
-        for old, new in changes.pods.values():
-            for pod in (p for p in (old, new) if p is not None):
-                labels = ns_labels.get(pod.metadata.namespace, {})
-                dirty |= {k for k, pol in objs.items() if policy_mentions(pol, pod, labels)}
         for old_ns, new_ns in changes.namespaces.values():
             for ns in (n for n in (old_ns, new_ns) if n is not None):
                 dirty |= {
                     k for k, pol in objs.items() if policy_sees_namespace(pol, ns.metadata.labels)
                 }
-        return dirty
+        deltas: dict[str, list[PodChange]] = defaultdict(list)
+        for old, new in changes.pods.values():
+            for key, pol in objs.items():
+                if key in dirty:
+                    continue
+                hits = [
+                    p
+                    for p in (old, new)
+                    if p is not None
+                    and policy_mentions(pol, p, ns_labels.get(p.metadata.namespace, {}))
+                ]
+                if any(p.metadata.namespace == pol.metadata.namespace for p in hits):
+                    dirty.add(key)
+                elif hits:
+                    deltas[key].append((old, new))
+        return dirty, {k: v for k, v in deltas.items() if k not in dirty}
 
     def build(
         self,
@@ -123,14 +137,22 @@ class IncrementalCompiler:
         changes: Changes | None,
     ) -> Desired:
         """The whole desired state; ``changes`` None means recompile everything."""
-        by_ns, local = _index_pods(pods, node_ips)
+        by_ns, local, ip_owners = _index_pods(pods, node_ips)
         objs = {f"{p.metadata.namespace}/{p.metadata.name}": p for p in policies}
         ns_labels = {n.metadata.name: n.metadata.labels for n in namespaces}
+        deltas: dict[str, list[PodChange]] = {}
         if changes is None:
             self.policies, self.pods = {}, {}
             dirty = set(objs)
         else:
-            dirty = self._dirty_policies(changes, objs, ns_labels)
+            dirty, deltas = self._dirty_policies(changes, objs, ns_labels)
+        for key, pod_changes in deltas.items():
+            edited = apply_delta(self.policies[key], objs[key], pod_changes, ns_labels, ip_owners)
+            if edited is None:
+                dirty.add(key)
+            else:
+                self.policies[key] = edited  # targets and rules unchanged: no pod chain moves
+                self.deltas += 1
         changed_targets: set[str] = set()
         for key in dirty:
             old = self.policies.pop(key, None)
@@ -167,16 +189,20 @@ class IncrementalCompiler:
 
 def _index_pods(
     pods: Iterable[Pod], node_ips: set[str]
-) -> tuple[dict[str, list[Pod]], dict[str, Pod]]:
+) -> tuple[dict[str, list[Pod]], dict[str, Pod], dict[str, int]]:
+    """Actionable pods by namespace, the local ones by key, and how many pods hold each IP."""
     by_ns: dict[str, list[Pod]] = defaultdict(list)
     local: dict[str, Pod] = {}
+    ip_owners: dict[str, int] = defaultdict(int)
     for pod in pods:
         if not is_actionable(pod):
             continue
         by_ns[pod.metadata.namespace].append(pod)
+        for ip in pod_ips(pod):
+            ip_owners[ip] += 1
         if is_local(pod, node_ips):
             local[f"{pod.metadata.namespace}/{pod.metadata.name}"] = pod
-    return by_ns, local
+    return by_ns, local, ip_owners
 
 
 def _assemble_all(
