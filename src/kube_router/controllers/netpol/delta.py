@@ -28,20 +28,31 @@ from kube_router.k8s.models import LabelSelector, NetworkPolicy, NetworkPolicyPe
 PodChange = tuple[Pod | None, Pod | None]
 
 
-def _match(selector: LabelSelector | None, labels: Mapping[str, str]) -> bool:
-    return selector is None or matches(selector, labels)
+def may_match(selector: LabelSelector | None, labels: Mapping[str, str]) -> bool:
+    """Selector matching where an absent selector matches and an invalid one may (its policy
+    fails closed anyway, so assuming a match only costs a recompile)."""
+    if selector is None:
+        return True
+    try:
+        return matches(selector, labels)
+    except ValueError:
+        return True
 
 
-def _selects(peers: Sequence[NetworkPolicyPeer], pod: Pod, ns_labels: Mapping[str, str]) -> bool:
+def selects_across(
+    peers: Sequence[NetworkPolicyPeer], pod: Pod, ns_labels: Mapping[str, str]
+) -> bool:
+    """Whether a namespaceSelector peer among ``peers`` selects ``pod``."""
     return any(
         p.namespace_selector is not None
-        and _match(p.namespace_selector, ns_labels)
-        and _match(p.pod_selector, pod.metadata.labels)
+        and may_match(p.namespace_selector, ns_labels)
+        and may_match(p.pod_selector, pod.metadata.labels)
         for p in peers
     )
 
 
-def _rule_sets(policy: NetworkPolicy) -> list[tuple[Sequence[NetworkPolicyPeer], str, int]]:
+def rule_peers(policy: NetworkPolicy) -> list[tuple[Sequence[NetworkPolicyPeer], str, int]]:
+    """Every rule's peers with its direction and index."""
     out: list[tuple[Sequence[NetworkPolicyPeer], str, int]] = []
     out += [(r.from_, "ingress", i) for i, r in enumerate(policy.spec.ingress)]
     out += [(r.to, "egress", i) for i, r in enumerate(policy.spec.egress)]
@@ -60,7 +71,7 @@ def _set_name(policy: NetworkPolicy, direction: str, rule: int, family: Family) 
 def _ips(
     pod: Pod | None, peers: Sequence[NetworkPolicyPeer], labels: Mapping[str, str]
 ) -> set[str]:
-    if pod is None or not is_actionable(pod) or not _selects(peers, pod, labels):
+    if pod is None or not is_actionable(pod) or not selects_across(peers, pod, labels):
         return set()
     return set(pod_ips(pod))
 
@@ -79,7 +90,7 @@ def apply_delta(
     sets = {s.name: s for pf in piece.families.values() for s in pf.sets}
     edits: dict[str, tuple[set[str], set[str]]] = {}  # set name -> (remove, add)
     for old, new in changes:
-        for peers, direction, rule in _rule_sets(policy):
+        for peers, direction, rule in rule_peers(policy):
             old_ips = _ips(old, peers, ns_labels.get(old.metadata.namespace, {}) if old else {})
             new_ips = _ips(new, peers, ns_labels.get(new.metadata.namespace, {}) if new else {})
             for ip in old_ips ^ new_ips:

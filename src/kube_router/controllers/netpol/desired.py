@@ -17,11 +17,16 @@ from kube_router.controllers.netpol.compile import (
     is_actionable,
     is_local,
 )
-from kube_router.controllers.netpol.delta import PodChange, apply_delta
+from kube_router.controllers.netpol.delta import (
+    PodChange,
+    apply_delta,
+    may_match,
+    rule_peers,
+    selects_across,
+)
 from kube_router.controllers.netpol.names import Family
 from kube_router.controllers.netpol.pieces import PodPiece, pod_ips
-from kube_router.controllers.netpol.selectors import matches
-from kube_router.k8s.models import LabelSelector, Namespace, NetworkPolicy, Pod
+from kube_router.k8s.models import Namespace, NetworkPolicy, Pod
 
 BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
 
@@ -47,21 +52,6 @@ class Desired:
     policy_chains: int = 0
 
 
-def _ns_selectors(policy: NetworkPolicy) -> list[tuple[LabelSelector, LabelSelector | None]]:
-    peers = [p for r in policy.spec.ingress for p in r.from_]
-    peers += [p for r in policy.spec.egress for p in r.to]
-    return [(p.namespace_selector, p.pod_selector) for p in peers if p.namespace_selector]
-
-
-def _safe_match(selector: LabelSelector | None, labels: dict[str, str]) -> bool:
-    if selector is None:
-        return True
-    try:
-        return matches(selector, labels)
-    except ValueError:
-        return True  # an invalid selector: assume it may match (the policy fails closed anyway)
-
-
 def policy_mentions(policy: NetworkPolicy, pod: Pod, ns_labels: dict[str, str]) -> bool:
     """Whether a change to ``pod`` can change what ``policy`` compiles to (conservative).
 
@@ -70,14 +60,15 @@ def policy_mentions(policy: NetworkPolicy, pod: Pod, ns_labels: dict[str, str]) 
     """
     if pod.metadata.namespace == policy.metadata.namespace:
         return True
-    return any(
-        _safe_match(ns_sel, ns_labels) and _safe_match(pod_sel, pod.metadata.labels)
-        for ns_sel, pod_sel in _ns_selectors(policy)
-    )
+    return any(selects_across(peers, pod, ns_labels) for peers, _, _ in rule_peers(policy))
 
 
 def policy_sees_namespace(policy: NetworkPolicy, labels: dict[str, str]) -> bool:
-    return any(_safe_match(ns_sel, labels) for ns_sel, _ in _ns_selectors(policy))
+    return any(
+        p.namespace_selector is not None and may_match(p.namespace_selector, labels)
+        for peers, _, _ in rule_peers(policy)
+        for p in peers
+    )
 
 
 @dataclass
