@@ -53,9 +53,6 @@ class Plan:
     sets_after: ipset.Transaction
     rule_lines: int = 0
 
-    def empty(self) -> bool:
-        return not (self.sets_before.lines or self.rule_lines or self.sets_after.lines)
-
 
 def _is_our_jump(rule: ipt.Rule) -> bool:
     return JUMP_COMMENT in rule.spec and "-j KUBE-ROUTER-" in rule.spec

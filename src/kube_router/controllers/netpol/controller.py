@@ -250,23 +250,14 @@ class NetworkPolicyController(Controller):
             m.ipsets.set(sum(len(s.sets) for s in desired.families.values()))
             m.errors.set(len(desired.errors))
 
-    async def _kernel_view(self, family: Family) -> apply.KernelView:
-        assert self.dataplane is not None
-        m = self._metrics
-        with _timed(m.save.get(family) if m else None):
-            saved = await self.dataplane.iptables[family].save("filter")
-        table = iptables_parse.parse_save(saved).get("filter", iptables_parse.Table("filter", {}))
-        spelling = apply.family_names(family)[1]
-        sets = await self.dataplane.ipsets.save(apply.SET_PREFIXES)
-        return apply.KernelView(table, {n: s for n, s in sets.items() if s.spec.family == spelling})
-
     async def _apply_family(
         self, family: Family, state: FamilyState, last: FamilyState | None
     ) -> None:
         assert self.dataplane is not None
         m = self._metrics
         if last is None:
-            plan = apply.plan_full(state, await self._kernel_view(family))
+            save_hist = m.save.get(family) if m else None
+            plan = apply.plan_full(state, await read_kernel(self.dataplane, family, save_hist))
         else:
             plan = apply.plan_incremental(state, last)
         ipset_hist = m.ipset_restore.get(family) if m else None
@@ -290,18 +281,23 @@ class NetworkPolicyController(Controller):
         self._reported = dict(errors)
 
 
+async def read_kernel(
+    dataplane: Dataplane, family: Family, save_hist: Histogram | None = None
+) -> apply.KernelView:
+    """Our view of one family in the kernel: the filter table and our policy sets."""
+    with _timed(save_hist):
+        saved = await dataplane.iptables[family].save("filter")
+    table = iptables_parse.parse_save(saved).get("filter", iptables_parse.Table("filter", {}))
+    spelling = apply.family_names(family)[1]
+    sets = await dataplane.ipsets.save(apply.SET_PREFIXES)
+    return apply.KernelView(table, {n: s for n, s in sets.items() if s.spec.family == spelling})
+
+
 async def cleanup(dataplane: Dataplane) -> None:
     """Remove our jumps, chains and sets (``--cleanup-config``); nothing else is touched."""
     for family, tables in dataplane.iptables.items():
-        table = iptables_parse.parse_save(await tables.save("filter")).get(
-            "filter", iptables_parse.Table("filter", {})
-        )
-        sets = {
-            n: s
-            for n, s in (await dataplane.ipsets.save(apply.SET_PREFIXES)).items()
-            if s.spec.family == apply.family_names(family)[1]
-        }
-        plan = apply.plan_cleanup(table, sets)
+        kernel = await read_kernel(dataplane, family)
+        plan = apply.plan_cleanup(kernel.table, kernel.sets)
         if plan.rule_lines:
             await tables.restore(plan.rules)
         if plan.sets_after.lines:
