@@ -354,6 +354,16 @@ def check_owned(names: Iterable[str]) -> None:
         raise NotOwnedError(f"refusing to touch sets that are not ours: {', '.join(foreign)}")
 
 
+def destroy_transaction(names: Iterable[str]) -> Transaction:
+    """Destroy the named sets, all of which must be ours (missing ones are fine)."""
+    names = list(names)
+    check_owned(names)
+    tx = Transaction()
+    for name in names:
+        tx.destroy(name)
+    return tx
+
+
 class RealIPSets:
     """The kernel's ipsets through the ``ipset`` tool."""
 
@@ -384,12 +394,7 @@ class RealIPSets:
 
     async def destroy_owned(self, names: Iterable[str]) -> None:
         """Destroy the named sets, all of which must be ours (missing ones are fine)."""
-        names = list(names)
-        check_owned(names)
-        tx = Transaction()
-        for name in names:
-            tx.destroy(name)
-        await self.restore(tx)
+        await self.restore(destroy_transaction(names))
 
     async def test(self, name: str, value: str) -> bool:
         """``ipset test``: whether the kernel counts ``value`` as a member (nomatch honoured)."""

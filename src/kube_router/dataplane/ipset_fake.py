@@ -46,6 +46,7 @@ from kube_router.dataplane.ipset import (
     SetState,
     Transaction,
     check_owned,
+    destroy_transaction,
     owned,
 )
 from kube_router.dataplane.ipset_entry import (
@@ -370,12 +371,7 @@ class FakeIPSets:
         self.apply(text)
 
     async def destroy_owned(self, names: Iterable[str]) -> None:
-        names = list(names)
-        check_owned(names)
-        tx = Transaction()
-        for name in names:
-            tx.destroy(name)
-        await self.restore(tx)
+        await self.restore(destroy_transaction(names))
 
     async def test(self, name: str, value: str) -> bool:
         return self.contains(name, value)
