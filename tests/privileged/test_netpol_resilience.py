@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from netpol_cluster import Cell, Cluster, LabPodSpec, LongConnection, cells, open_cluster, policy
@@ -190,9 +191,30 @@ async def destroy_set(c: Cluster, name: str) -> None:
     raise AssertionError(f"ipset {name} stayed in use")
 
 
-async def test_external_flush_is_repaired_by_the_full_sync(cluster: Cluster) -> None:
+def record_applies(c: Cluster, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every restore input the controller hands to the kernel from now on."""
+    seen: list[str] = []
+    for port in [*c.dataplane.iptables.values(), c.dataplane.ipsets]:
+
+        async def restore(tx: Any, _original: Any = port.restore) -> None:
+            seen.append(tx.render())
+            await _original(tx)
+
+        monkeypatch.setattr(port, "restore", restore)
+    return seen
+
+
+async def test_external_flush_is_repaired_by_the_full_sync(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     c = cluster
     await c.check(EXPECTED)
+
+    # 0. On an intact kernel the full sync writes nothing: our rules are spelt as iptables-save
+    # spells them, and every set already holds exactly its members.
+    applied = record_applies(c, monkeypatch)
+    await c.full_sync()
+    assert applied == []
     b_to_a = cells(["x/b"], ["x/a"])
     peers = ingress_pods_set("x", "allow-b", 0, "IPv4")
     chain = policy_chain("x", "allow-b", "IPv4")

@@ -333,6 +333,16 @@ class Transaction:
             self._specs[a] = spec_b.renamed(a)
         return self
 
+    def fill(self, spec: SetSpec, entries: Iterable[str]) -> Transaction:
+        """Create a set that does not exist yet and add ``entries`` (normalised, deduplicated).
+
+        Only for a set absent from the kernel: an existing one would keep its old members."""
+        canonical = sorted({normalize_entry(spec.type, spec.family, e) for e in entries})
+        self.create(spec)
+        prefix = f"add {spec.name} "
+        self.lines.extend(prefix + e for e in canonical)
+        return self
+
     def replace(self, spec: SetSpec, entries: Iterable[str]) -> Transaction:
         """Make ``spec.name`` hold exactly ``entries``, never visibly empty or partial: fill the
         temporary set, create the real one (no-op when it exists), swap, drop the temporary."""

@@ -13,6 +13,7 @@ which is a value, not part of the identity (re-adding with ``-exist`` flips it).
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import re
 import socket
@@ -33,6 +34,7 @@ PROTO_TCP = 6
 PROTO_UDP = 17
 PROTO_SCTP = 132
 PROTO_UDPLITE = 136
+NORMALIZE_CACHE_SIZE = 1 << 17  # distinct entries remembered (pod IPs, CIDRs)
 # Protocols whose elements carry a real port (others only take the pseudo port 0).
 PORT_PROTOCOLS = {"tcp": PROTO_TCP, "udp": PROTO_UDP, "sctp": PROTO_SCTP, "udplite": PROTO_UDPLITE}
 # Canonical text: kube-router writes SCTP (and anything but tcp/udp) as the protocol number, so
@@ -307,9 +309,12 @@ def format_key(set_type: str, family: str, key: Key, nomatch: bool = False) -> s
     return f"{text} {NOMATCH}" if nomatch else text
 
 
+@functools.lru_cache(maxsize=NORMALIZE_CACHE_SIZE)
 def normalize_entry(set_type: str, family: str, entry: str) -> str:
     """The canonical text of ``entry`` for a set, or InvalidEntryError if ipset would not store
-    exactly that one element (IPv6 in an inet set, a CIDR in hash:ip, a /0 in hash:net...)."""
+    exactly that one element (IPv6 in an inet set, a CIDR in hash:ip, a /0 in hash:net...).
+
+    Cached: a pod IP sits in many sets, so a full sync normalises each distinct entry once."""
     if set_type == HASH_IP:  # fast path for the common case; the full parser explains errors
         af = socket.AF_INET if family == INET else socket.AF_INET6
         with contextlib.suppress(OSError):

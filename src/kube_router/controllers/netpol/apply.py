@@ -1,16 +1,19 @@
 """Turn desired state into the fewest kernel transactions (pure: text in, transactions out).
 
 Incremental (against what we applied last): only chains whose rules changed are rewritten, only
-set members that changed are added or deleted. Full (against what the kernel holds): every chain
-we own is rewritten, every set replaced through a temporary set and ``swap``, our jumps are put
-back at position 1 of the built-in chains, and chains and sets of ours that are no longer wanted
-are removed. Nothing that is not ours is ever named.
+set members that changed are added or deleted. Full (against what the kernel holds, so it also
+repairs damage from outside): chains whose rules differ from the kernel's are rewritten, sets the
+kernel lacks are created, the others get only their missing and extra members (a set of the wrong
+type is recreated), our jumps are put back at position 1 of
+the built-in chains, and chains and sets of ours that are no longer wanted are removed. Nothing
+that is not ours is ever named.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+import functools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from kube_router.controllers.netpol.compile import IPSetSpec
@@ -18,6 +21,7 @@ from kube_router.controllers.netpol.desired import BUILTIN_CHAINS, FamilyState
 from kube_router.controllers.netpol.names import IPV6, Family
 from kube_router.dataplane import ipset
 from kube_router.dataplane import iptables_parse as ipt
+from kube_router.dataplane.iptables_rule import RuleError, parse_rule
 
 OWN_CHAIN_PREFIXES = (
     "KUBE-POD-FW-",
@@ -28,6 +32,7 @@ OWN_CHAIN_PREFIXES = (
 )
 SET_PREFIXES = ("KUBE-SRC-", "KUBE-DST-", "kube-router-local-pods")
 JUMP_COMMENT = "kube-router netpol - "
+SPELLING_CACHE_SIZE = 1 << 16  # rules whose iptables-save spelling is remembered
 
 
 def is_own_chain(name: str) -> bool:
@@ -44,6 +49,7 @@ class KernelView:
 
     table: ipt.Table
     sets: Mapping[str, ipset.SetState]
+    family: ipt.Family = "ipv4"
 
 
 @dataclass
@@ -94,17 +100,91 @@ def _remove_chains(tx: ipt.Transaction, names: list[str]) -> int:
 
 
 def plan_full(desired: FamilyState, kernel: KernelView) -> Plan:
+    """Make the kernel match ``desired``, touching only what differs from what it holds."""
     before, after, tx = ipset.Transaction(), ipset.Transaction(), ipt.Transaction("filter")
-    for spec in desired.sets.values():
-        before.replace(set_spec(spec), spec.entries)
+    _sync_sets(before, desired.sets, kernel.sets)
     own = desired.own_chains()
-    lines = _write_chains(tx, own)
+    lines = _write_chains(tx, {c: r for c, r in own.items() if not _chain_holds(kernel, c, r)})
     stale = sorted(c for c in kernel.table.chains if is_own_chain(c) and c not in own)
     lines += _remove_chains(tx, stale)
     lines += _fix_builtin_jumps(tx, desired, kernel.table)
     for name in sorted(set(kernel.sets) - set(desired.sets)):
         after.destroy(name)
     return Plan(before, tx, after, lines)
+
+
+def _chain_holds(kernel: KernelView, name: str, rules: list[str]) -> bool:
+    """Whether the kernel's chain has exactly ``rules``, compared as iptables-save spells them."""
+    chain = kernel.table.chains.get(name)
+    if chain is None or len(chain.rules) != len(rules):
+        return False
+    return all(
+        have.spec == rule or have.spec == saved_spelling(rule, kernel.family)
+        for have, rule in zip(chain.rules, rules, strict=True)
+    )
+
+
+@functools.lru_cache(maxsize=SPELLING_CACHE_SIZE)
+def saved_spelling(rule: str, family: ipt.Family) -> str:
+    """How iptables-save prints ``rule`` (``-s``/``-d`` first, ``/32``, implicit matches...).
+
+    The same canonical form the strict fake gives, which agrees with the real tools; remembered,
+    so a rule is parsed once however many full syncs compare it."""
+    try:
+        return parse_rule(ipt.tokenize(rule), family, chain_exists=_any_chain).text
+    except RuleError:
+        return rule  # cannot be spelt: compares unequal, and the chain is rewritten
+
+
+def _any_chain(_name: str) -> bool:
+    return True
+
+
+def _sync_sets(
+    before: ipset.Transaction,
+    desired: Mapping[str, IPSetSpec],
+    kernel: Mapping[str, ipset.SetState],
+) -> None:
+    """Sets the kernel lacks are created; the others get only their missing and extra members.
+
+    New sets are created largest first: ``ipset restore`` looks each line's set up by walking
+    the sets it has seen in creation order, so a big set created early keeps its adds cheap.
+    """
+    fresh = sorted(
+        (set_spec(spec) for name, spec in desired.items() if name not in kernel),
+        key=lambda want: -len(desired[want.name].entries),
+    )
+    for want in fresh:
+        before.fill(want, desired[want.name].entries)
+    for name, have in kernel.items():
+        spec = desired.get(name)
+        if spec is None:
+            continue
+        want = set_spec(spec)
+        if (have.spec.type, have.spec.family, have.spec.timeout) != (
+            want.type,
+            want.family,
+            want.timeout,
+        ):
+            # Only damage from outside gives one of our names another type; swap cannot cross
+            # types, so the set is recreated (the restore names the line if a rule holds it).
+            before.destroy(name).fill(want, spec.entries)
+        else:
+            _repair_members(before, want, have.entries, spec.entries)
+
+
+def _repair_members(
+    before: ipset.Transaction, spec: ipset.SetSpec, have: frozenset[str], entries: Iterable[str]
+) -> None:
+    """Delete and add the members that differ; ``have`` is canonical (from ``ipset save``), so
+    only the desired entries whose text differs need normalising."""
+    wanted = set(entries)
+    came = {ipset.normalize_entry(spec.type, spec.family, e) for e in wanted - have}
+    gone = have - wanted - came
+    for entry in sorted(gone):
+        before.delete(spec, entry.removesuffix(" nomatch"))
+    for entry in sorted(came - have):
+        before.add(spec, entry)
 
 
 def _set_diff(before: ipset.Transaction, new: IPSetSpec, old: IPSetSpec | None) -> None:

@@ -37,6 +37,7 @@ from kube_router.controllers.netpol.pod_rules import compile_pod
 from kube_router.controllers.netpol.policy_rules import EGRESS, INGRESS, policy_family
 from kube_router.controllers.netpol.resolve import (
     PodIndex,
+    PodsByNs,
     PolicyError,
     RuleInfo,
     family_ips,
@@ -45,7 +46,7 @@ from kube_router.controllers.netpol.resolve import (
     peer_pods,
     policy_types,
     resolve_ports,
-    select_pods,
+    select_in,
     target_pods,
 )
 from kube_router.controllers.netpol.static_rules import ROUTER_TAIL, compile_static
@@ -66,6 +67,7 @@ __all__ = [
     "PodFamily",
     "PodIndex",
     "PodPiece",
+    "PodsByNs",
     "PolicyFamily",
     "PolicyPiece",
     "assemble",
@@ -86,7 +88,7 @@ def _resolve_rule(
     where: str,
     peers: Sequence[NetworkPolicyPeer],
     ports: Sequence[NetworkPolicyPort],
-    context: tuple[PodIndex, Sequence[Namespace], tuple[Family, ...]],
+    context: tuple[PodsByNs, Sequence[Namespace], tuple[Family, ...]],
     warnings: list[str],
 ) -> RuleInfo:
     pods_index, namespaces, families = context
@@ -111,7 +113,7 @@ def _resolve_rule(
 
 
 def _owners_of_egress_ports(
-    policy: NetworkPolicy, rule: RuleInfo, ports: Sequence[NetworkPolicyPort], pods: PodIndex
+    policy: NetworkPolicy, rule: RuleInfo, ports: Sequence[NetworkPolicyPort], pods: PodsByNs
 ) -> list[Pod]:
     """Pods whose container ports give egress named ports their numbers.
 
@@ -119,14 +121,14 @@ def _owners_of_egress_ports(
     upstream does.
     """
     if rule.match_all_peers and has_named_port(ports):
-        return select_pods(pods.get(policy.metadata.namespace, ()), LabelSelector())
+        return select_in(pods, policy.metadata.namespace, LabelSelector())
     return rule.peer_pods
 
 
 def _resolve_rules(
     policy: NetworkPolicy,
     targets: list[Pod],
-    context: tuple[PodIndex, Sequence[Namespace], tuple[Family, ...]],
+    context: tuple[PodsByNs, Sequence[Namespace], tuple[Family, ...]],
     warnings: list[str],
 ) -> dict[str, list[RuleInfo]]:
     ingress, egress = policy_types(policy)
@@ -152,7 +154,7 @@ def _resolve_rules(
 
 
 def _failed(
-    policy: NetworkPolicy, pods_index: PodIndex, reason: str, warnings: list[str]
+    policy: NetworkPolicy, pods_index: PodsByNs, reason: str, warnings: list[str]
 ) -> PolicyPiece:
     """The error result: target pods as well as they can be known (all of the namespace when
     the podSelector itself is bad), both directions when the policy types are bad."""
@@ -160,7 +162,7 @@ def _failed(
     try:
         targets = target_pods(policy, pods_index)
     except PolicyError:
-        targets = select_pods(pods_index.get(ns, ()), LabelSelector())
+        targets = select_in(pods_index, ns, LabelSelector())
     try:
         ingress, egress = policy_types(policy)
     except PolicyError:
@@ -177,7 +179,7 @@ def _failed(
 
 
 def compile_policy(
-    policy: NetworkPolicy, pods_index: PodIndex, namespaces: Iterable[Namespace], cfg: Config
+    policy: NetworkPolicy, pods_index: PodsByNs, namespaces: Iterable[Namespace], cfg: Config
 ) -> PolicyPiece:
     """Compile one policy; bad input gives a result with ``error`` set instead of raising.
 

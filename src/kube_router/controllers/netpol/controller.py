@@ -290,7 +290,8 @@ async def read_kernel(
     table = iptables_parse.parse_save(saved).get("filter", iptables_parse.Table("filter", {}))
     spelling = apply.family_names(family)[1]
     sets = await dataplane.ipsets.save(apply.SET_PREFIXES)
-    return apply.KernelView(table, {n: s for n, s in sets.items() if s.spec.family == spelling})
+    ours = {n: s for n, s in sets.items() if s.spec.family == spelling}
+    return apply.KernelView(table, ours, apply.family_names(family)[0])
 
 
 async def cleanup(dataplane: Dataplane) -> None:

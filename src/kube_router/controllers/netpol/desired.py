@@ -14,7 +14,6 @@ from kube_router.controllers.netpol.compile import (
     compile_pod,
     compile_policy,
     compile_static,
-    is_actionable,
     is_local,
 )
 from kube_router.controllers.netpol.delta import (
@@ -25,7 +24,8 @@ from kube_router.controllers.netpol.delta import (
     selects_across,
 )
 from kube_router.controllers.netpol.names import Family
-from kube_router.controllers.netpol.pieces import PodPiece, pod_ips
+from kube_router.controllers.netpol.pieces import PodPiece, pod_key
+from kube_router.controllers.netpol.resolve import PodIndex
 from kube_router.k8s.models import Namespace, NetworkPolicy, Pod
 
 BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
@@ -84,6 +84,8 @@ class IncrementalCompiler:
     """Keeps compiled policy and pod pieces; recompiles only what a change can affect."""
 
     def __init__(self) -> None:
+        self.index = PodIndex()
+        self.local: dict[str, Pod] = {}
         self.policies: dict[str, PolicyPiece] = {}
         self.pods: dict[str, PodPiece] = {}
         self.recompiled_policies = 0
@@ -128,7 +130,8 @@ class IncrementalCompiler:
         changes: Changes | None,
     ) -> Desired:
         """The whole desired state; ``changes`` None means recompile everything."""
-        by_ns, local, ip_owners = _index_pods(pods, node_ips)
+        self._index(pods, node_ips, changes)
+        by_ns, local, ip_owners = self.index, self.local, self.index.ip_owners
         objs = {f"{p.metadata.namespace}/{p.metadata.name}": p for p in policies}
         ns_labels = {n.metadata.name: n.metadata.labels for n in namespaces}
         deltas: dict[str, list[PodChange]] = {}
@@ -158,6 +161,22 @@ class IncrementalCompiler:
         self._update_pods(cfg, local, changes, changed_targets)
         return _assemble_all(cfg, self.policies.values(), self.pods.values(), node_pod_cidrs)
 
+    def _index(self, pods: Iterable[Pod], node_ips: set[str], changes: Changes | None) -> None:
+        """Rebuild the pod index (full), or move only the pods that changed."""
+        if changes is None:
+            pods = list(pods)
+            self.index = PodIndex(pods)
+            self.local = {pod_key(p): p for p in pods if is_local(p, node_ips)}
+            return
+        for key, (old, new) in changes.pods.items():
+            self.local.pop(key, None)
+            if old is not None:
+                self.index.remove(old.metadata.namespace, old.metadata.name)
+            if new is not None:
+                self.index.put(new)
+                if is_local(new, node_ips):
+                    self.local[key] = new
+
     def _update_pods(
         self, cfg: Config, local: dict[str, Pod], changes: Changes | None, changed_targets: set[str]
     ) -> None:
@@ -176,24 +195,6 @@ class IncrementalCompiler:
         for key in todo:
             self.pods[key] = compile_pod(local[key], selecting.get(key, []), cfg)
             self.recompiled_pods += 1
-
-
-def _index_pods(
-    pods: Iterable[Pod], node_ips: set[str]
-) -> tuple[dict[str, list[Pod]], dict[str, Pod], dict[str, int]]:
-    """Actionable pods by namespace, the local ones by key, and how many pods hold each IP."""
-    by_ns: dict[str, list[Pod]] = defaultdict(list)
-    local: dict[str, Pod] = {}
-    ip_owners: dict[str, int] = defaultdict(int)
-    for pod in pods:
-        if not is_actionable(pod):
-            continue
-        by_ns[pod.metadata.namespace].append(pod)
-        for ip in pod_ips(pod):
-            ip_owners[ip] += 1
-        if is_local(pod, node_ips):
-            local[f"{pod.metadata.namespace}/{pod.metadata.name}"] = pod
-    return by_ns, local, ip_owners
 
 
 def _assemble_all(

@@ -8,9 +8,11 @@ result.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
+
+import msgspec
 
 from kube_router.controllers.netpol import selectors
 from kube_router.controllers.netpol.names import IPV4, IPV6, Family
@@ -35,7 +37,87 @@ SPLIT_ANY: Final[Mapping[Family, tuple[str, str]]] = {
     IPV6: ("::/1", "8000::/1"),
 }
 
-PodIndex = Mapping[str, Sequence[Pod]]  # namespace -> its pods
+
+PodsByNs = Mapping[str, Sequence[Pod]]  # namespace -> its pods (a PodIndex, or a plain dict)
+
+
+class PodIndex(PodsByNs):
+    """The actionable pods by namespace, kept up to date pod by pod, with selections remembered.
+
+    ``select(ns, selector)`` remembers its answer until a pod of ``ns`` changes, so compiling a
+    policy whose namespaceSelector spans many namespaces re-selects only the namespaces that
+    changed. Also counts how many pods hold each IP.
+    """
+
+    def __init__(self, pods: Iterable[Pod] = ()) -> None:
+        self._by_ns: dict[str, dict[str, Pod]] = {}
+        self._lists: dict[str, list[Pod]] = {}
+        self._memo: dict[str, dict[bytes, list[Pod]]] = {}
+        self.ip_owners: dict[str, int] = {}
+        for pod in pods:
+            self.put(pod)
+
+    def put(self, pod: Pod) -> None:
+        """Index ``pod`` (replacing the pod of the same key); pods that are not actionable are
+        only removed."""
+        ns, name = pod.metadata.namespace, pod.metadata.name
+        self.remove(ns, name)
+        if not is_actionable(pod):
+            return
+        self._by_ns.setdefault(ns, {})[name] = pod
+        self._changed(ns)
+        for ip in pod_ips(pod):
+            self.ip_owners[ip] = self.ip_owners.get(ip, 0) + 1
+
+    def remove(self, namespace: str, name: str) -> None:
+        pods = self._by_ns.get(namespace)
+        old = pods.pop(name, None) if pods is not None else None
+        if old is None:
+            return
+        self._changed(namespace)
+        for ip in pod_ips(old):
+            left = self.ip_owners[ip] - 1
+            if left:
+                self.ip_owners[ip] = left
+            else:
+                del self.ip_owners[ip]
+
+    def _changed(self, namespace: str) -> None:
+        self._lists.pop(namespace, None)
+        self._memo.pop(namespace, None)
+
+    def __getitem__(self, namespace: str) -> Sequence[Pod]:
+        pods = self._lists.get(namespace)
+        if pods is None:
+            if namespace not in self._by_ns:
+                raise KeyError(namespace)
+            pods = self._lists[namespace] = list(self._by_ns[namespace].values())
+        return pods
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_ns)
+
+    def __len__(self) -> int:
+        return len(self._by_ns)
+
+    def select(self, namespace: str, selector: LabelSelector) -> list[Pod]:
+        """The pods of ``namespace`` that the (valid) selector matches, remembered."""
+        memo = self._memo.setdefault(namespace, {})
+        key = _ENCODE(selector)
+        found = memo.get(key)
+        if found is None:
+            found = memo[key] = select_pods(self.get(namespace, ()), selector)
+        return found
+
+
+_ENCODE = msgspec.json.Encoder().encode
+
+
+def select_in(pods_index: PodsByNs, namespace: str, selector: LabelSelector) -> list[Pod]:
+    """``select_pods`` over one namespace, through the index's memo when it has one."""
+    if isinstance(pods_index, PodIndex):
+        return pods_index.select(namespace, selector)
+    return select_pods(pods_index.get(namespace, ()), selector)
 
 
 class PolicyError(ValueError):
@@ -94,16 +176,16 @@ def select_pods(pods: Iterable[Pod], selector: LabelSelector) -> list[Pod]:
     return [p for p in pods if is_actionable(p) and selectors.matches(selector, p.metadata.labels)]
 
 
-def target_pods(policy: NetworkPolicy, pods_index: PodIndex) -> list[Pod]:
+def target_pods(policy: NetworkPolicy, pods_index: PodsByNs) -> list[Pod]:
     """The actionable pods of the policy's namespace that its podSelector selects."""
     _check_selector(policy.spec.pod_selector, "spec.podSelector")
-    return select_pods(pods_index.get(policy.metadata.namespace, ()), policy.spec.pod_selector)
+    return select_in(pods_index, policy.metadata.namespace, policy.spec.pod_selector)
 
 
 def peer_pods(
     policy: NetworkPolicy,
     peer: NetworkPolicyPeer,
-    pods_index: PodIndex,
+    pods_index: PodsByNs,
     namespaces: Iterable[Namespace],
     where: str,
 ) -> list[Pod]:
@@ -123,7 +205,7 @@ def peer_pods(
         return []
     found: list[Pod] = []
     for name in sorted(chosen):
-        found.extend(select_pods(pods_index.get(name, ()), pod_selector))
+        found.extend(select_in(pods_index, name, pod_selector))
     return found
 
 
@@ -184,7 +266,7 @@ def named_endpoints(name: str, protocol: str, pods: Iterable[Pod]) -> list[Named
         for number in numbers:
             ips_by_port.setdefault(number, []).extend(pod_ips(pod))
     return [
-        NamedEndpoint(protocol.lower(), number, tuple(ips))
+        NamedEndpoint(protocol.lower(), number, tuple(sorted(ips)))
         for number, ips in sorted(ips_by_port.items())
     ]
 
