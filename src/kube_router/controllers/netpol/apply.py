@@ -11,7 +11,6 @@ that is not ours is ever named.
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -209,20 +208,20 @@ def _chain_patch(old: list[str], new: list[str]) -> Patch | None:
     """How to edit a long chain in place (``-D`` what went, ``-I`` what came), if worth it.
 
     Adding one pod to a node with hundreds touches two rules of each KUBE-ROUTER-* chain; a
-    rewrite would resend thousands. None when the chain is short or the change is large.
+    rewrite would resend thousands. What lies between the common head and tail is replaced.
+    None when the chain is short or the change is large.
     """
     if len(new) < PATCH_MIN_RULES or len(old) < PATCH_MIN_RULES:
         return None
-    ops = difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes()
-    gone = [
-        rule for tag, i1, i2, _, _ in ops if tag in ("delete", "replace") for rule in old[i1:i2]
-    ]
-    came = [
-        (j, new[j])
-        for tag, _, _, j1, j2 in ops
-        if tag in ("insert", "replace")
-        for j in range(j1, j2)
-    ]
+    limit = min(len(old), len(new))
+    head = 0
+    while head < limit and old[head] == new[head]:
+        head += 1
+    tail = 0
+    while tail < limit - head and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    gone = old[head : len(old) - tail]
+    came = [(j, new[j]) for j in range(head, len(new) - tail)]
     if len(gone) + len(came) > len(new) // 2:
         return None
     return gone, came

@@ -1,8 +1,8 @@
-"""Peer-set deltas: a pod of another namespace changes only set members, not a policy's rules.
+"""Peer-set deltas: a pod a policy does not target changes only set members, not its rules.
 
-When a pod reaches a policy only through namespaceSelector peers, its add, change or removal
-changes the members of those rules' peer sets and nothing else: the rules name the sets, the
-targets live in the policy's own namespace. Editing the compiled piece costs microseconds where
+When a pod reaches a policy only as a peer (never as a target, and the policy has no named
+ports), its add, change or removal changes the members of those rules' peer sets and nothing
+else: the rules name the sets. Editing the compiled piece costs microseconds where
 a recompile re-selects every peer pod. Anything unusual (named ports, an IP another pod also
 holds, a set that is not there) returns None, and the caller recompiles instead.
 """
@@ -10,6 +10,7 @@ holds, a set that is not there) returns None, and the caller recompiles instead.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Mapping, Sequence
 
 from kube_router.controllers.netpol.names import Family, egress_pods_set, ingress_pods_set
@@ -39,15 +40,53 @@ def may_match(selector: LabelSelector | None, labels: Mapping[str, str]) -> bool
         return True
 
 
-def selects_across(
-    peers: Sequence[NetworkPolicyPeer], pod: Pod, ns_labels: Mapping[str, str]
+def selects_peer(
+    policy: NetworkPolicy,
+    peers: Sequence[NetworkPolicyPeer],
+    pod: Pod,
+    ns_labels: Mapping[str, str],
 ) -> bool:
-    """Whether a namespaceSelector peer among ``peers`` selects ``pod``."""
-    return any(
-        p.namespace_selector is not None
-        and may_match(p.namespace_selector, ns_labels)
-        and may_match(p.pod_selector, pod.metadata.labels)
-        for p in peers
+    """Whether a pod-selecting peer among ``peers`` (of ``policy``) may select ``pod``."""
+    for p in peers:
+        if p.namespace_selector is not None:
+            if may_match(p.namespace_selector, ns_labels) and may_match(
+                p.pod_selector, pod.metadata.labels
+            ):
+                return True
+        elif (
+            p.pod_selector is not None
+            and pod.metadata.namespace == policy.metadata.namespace
+            and may_match(p.pod_selector, pod.metadata.labels)
+        ):
+            return True
+    return False
+
+
+class Effect(enum.Enum):
+    """What a pod change does to a compiled policy."""
+
+    NONE = 0  # nothing
+    DELTA = 1  # only peer-set members
+    RECOMPILE = 2  # targets, named ports or rules may move
+
+
+def pod_effect(policy: NetworkPolicy, pod: Pod, ns_labels: Mapping[str, str]) -> Effect:
+    """Conservative: a pod of the policy's namespace that its podSelector may target, or any pod
+    of that namespace when the policy has named ports (they resolve against those pods), needs
+    a recompile; a pod only a peer selects needs a peer-set delta."""
+    if pod.metadata.namespace == policy.metadata.namespace and (
+        has_named_ports(policy) or may_match(policy.spec.pod_selector, pod.metadata.labels)
+    ):
+        return Effect.RECOMPILE
+    if any(selects_peer(policy, peers, pod, ns_labels) for peers, _, _ in rule_peers(policy)):
+        return Effect.DELTA
+    return Effect.NONE
+
+
+def has_named_ports(policy: NetworkPolicy) -> bool:
+    spec = policy.spec
+    return any(has_named_port(r.ports) for r in spec.ingress) or any(
+        has_named_port(r.ports) for r in spec.egress
     )
 
 
@@ -69,9 +108,12 @@ def _set_name(policy: NetworkPolicy, direction: str, rule: int, family: Family) 
 
 
 def _ips(
-    pod: Pod | None, peers: Sequence[NetworkPolicyPeer], labels: Mapping[str, str]
+    policy: NetworkPolicy,
+    pod: Pod | None,
+    peers: Sequence[NetworkPolicyPeer],
+    labels: Mapping[str, str],
 ) -> set[str]:
-    if pod is None or not is_actionable(pod) or not selects_across(peers, pod, labels):
+    if pod is None or not is_actionable(pod) or not selects_peer(policy, peers, pod, labels):
         return set()
     return set(pod_ips(pod))
 
@@ -83,16 +125,19 @@ def apply_delta(
     ns_labels: Mapping[str, Mapping[str, str]],
     ip_owners: Mapping[str, int],
 ) -> PolicyPiece | None:
-    """The piece with its peer sets edited for ``changes`` (pods of other namespaces), or None."""
-    rule_ports = [r.ports for r in policy.spec.ingress] + [r.ports for r in policy.spec.egress]
-    if piece.error or any(has_named_port(ports) for ports in rule_ports):
+    """The piece with its peer sets edited for ``changes`` (pods it does not target), or None."""
+    if piece.error or has_named_ports(policy):
         return None
     sets = {s.name: s for pf in piece.families.values() for s in pf.sets}
     edits: dict[str, tuple[set[str], set[str]]] = {}  # set name -> (remove, add)
     for old, new in changes:
         for peers, direction, rule in rule_peers(policy):
-            old_ips = _ips(old, peers, ns_labels.get(old.metadata.namespace, {}) if old else {})
-            new_ips = _ips(new, peers, ns_labels.get(new.metadata.namespace, {}) if new else {})
+            old_ips = _ips(
+                policy, old, peers, ns_labels.get(old.metadata.namespace, {}) if old else {}
+            )
+            new_ips = _ips(
+                policy, new, peers, ns_labels.get(new.metadata.namespace, {}) if new else {}
+            )
             for ip in old_ips ^ new_ips:
                 family = ip_family(ip)
                 if family is None:

@@ -17,11 +17,12 @@ from kube_router.controllers.netpol.compile import (
     is_local,
 )
 from kube_router.controllers.netpol.delta import (
+    Effect,
     PodChange,
     apply_delta,
     may_match,
+    pod_effect,
     rule_peers,
-    selects_across,
 )
 from kube_router.controllers.netpol.names import Family
 from kube_router.controllers.netpol.pieces import PodPiece, pod_key
@@ -50,17 +51,6 @@ class Desired:
     families: dict[Family, FamilyState]
     errors: dict[str, str] = field(default_factory=dict)  # "ns/name" -> why it cannot compile
     policy_chains: int = 0
-
-
-def policy_mentions(policy: NetworkPolicy, pod: Pod, ns_labels: dict[str, str]) -> bool:
-    """Whether a change to ``pod`` can change what ``policy`` compiles to (conservative).
-
-    Targets, podSelector-only peers and named ports all resolve within the policy's namespace;
-    only namespaceSelector peers reach other namespaces.
-    """
-    if pod.metadata.namespace == policy.metadata.namespace:
-        return True
-    return any(selects_across(peers, pod, ns_labels) for peers, _, _ in rule_peers(policy))
 
 
 def policy_sees_namespace(policy: NetworkPolicy, labels: dict[str, str]) -> bool:
@@ -107,15 +97,17 @@ class IncrementalCompiler:
             for key, pol in objs.items():
                 if key in dirty:
                     continue
-                hits = [
-                    p
-                    for p in (old, new)
-                    if p is not None
-                    and policy_mentions(pol, p, ns_labels.get(p.metadata.namespace, {}))
-                ]
-                if any(p.metadata.namespace == pol.metadata.namespace for p in hits):
+                effect = max(
+                    (
+                        pod_effect(pol, p, ns_labels.get(p.metadata.namespace, {}))
+                        for p in (old, new)
+                        if p is not None
+                    ),
+                    key=lambda e: e.value,
+                )
+                if effect is Effect.RECOMPILE:
                     dirty.add(key)
-                elif hits:
+                elif effect is Effect.DELTA:
                     deltas[key].append((old, new))
         return dirty, {k: v for k, v in deltas.items() if k not in dirty}
 
