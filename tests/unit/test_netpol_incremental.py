@@ -9,8 +9,12 @@ import msgspec
 import pytest
 
 from kube_router.config import parse
+from kube_router.controllers.netpol.apply import KernelView, plan_full, plan_incremental
 from kube_router.controllers.netpol.desired import Changes, IncrementalCompiler, build_desired
+from kube_router.controllers.netpol.names import IPV4
 from kube_router.controllers.sync import ChangeTracker
+from kube_router.dataplane.ipset_fake import FakeIPSets
+from kube_router.dataplane.iptables_parse import Table
 from kube_router.k8s import models
 
 NODE_IP = "192.168.1.1"
@@ -86,7 +90,9 @@ def test_incremental_equals_scratch(seed: int) -> None:
     pols = {f"pol{i}": _policy(i, rnd) for i in range(8)}
     nss = {n: _ns(n, rnd) for n in NAMESPACES}
     inc = IncrementalCompiler()
-    inc.build(cfg, pods.values(), list(nss.values()), pols.values(), {NODE_IP}, [], None)
+    first = inc.build(cfg, pods.values(), list(nss.values()), pols.values(), {NODE_IP}, [], None)
+    kernel, last = FakeIPSets(), first.families[IPV4]
+    kernel.apply(plan_full(last, KernelView(Table("filter"), {})).sets_before.render())
     next_id = 100
     for _step in range(40):
         changes = Changes()
@@ -138,5 +144,12 @@ def test_incremental_equals_scratch(seed: int) -> None:
         want = build_desired(cfg, pods.values(), list(nss.values()), pols.values(), {NODE_IP}, [])
         assert got.families == want.families, f"seed {seed} step {_step}"
         assert got.errors == want.errors
+        # The set edits the plan makes (from peer-set deltas or a diff) give the wanted members.
+        plan = plan_incremental(got.families[IPV4], last)
+        kernel.apply(plan.sets_before.render())
+        kernel.apply(plan.sets_after.render())
+        last = got.families[IPV4]
+        members = {n: set(s.entries) for n, s in kernel.state().items()}
+        assert members == {n: set(s.entries) for n, s in want.families[IPV4].sets.items()}
     assert inc.recompiled_policies < 8 + 40 * 3 * 8  # it did not recompile everything each step
     assert inc.deltas > 0  # the peer-set delta path ran, and matched the scratch compile

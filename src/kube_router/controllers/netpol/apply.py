@@ -191,10 +191,15 @@ def _set_diff(before: ipset.Transaction, new: IPSetSpec, old: IPSetSpec | None) 
         before.replace(set_spec(new), new.entries)
         return
     spec = set_spec(new)
-    old_entries, new_entries = set(old.entries), set(new.entries)
-    for entry in sorted(old_entries - new_entries):
+    edit = new.edit
+    if edit is not None and edit.base is old.entries:  # a peer-set delta of the applied set
+        gone, came = edit.removed, edit.added
+    else:
+        old_entries, new_entries = set(old.entries), set(new.entries)
+        gone, came = frozenset(old_entries - new_entries), frozenset(new_entries - old_entries)
+    for entry in sorted(gone):
         before.delete(spec, entry.removesuffix(" nomatch"))
-    for entry in sorted(new_entries - old_entries):
+    for entry in sorted(came):
         before.add(spec, entry)
 
 

@@ -9,6 +9,7 @@ holds, a set that is not there) returns None, and the caller recompiles instead.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from kube_router.controllers.netpol.pieces import (
     IPSetSpec,
     PolicyFamily,
     PolicyPiece,
+    SetEdit,
     ip_family,
     is_actionable,
     pod_ips,
@@ -164,10 +166,27 @@ def _edited(
         new_sets = []
         for spec in pf.sets:
             if spec.name in edits:
-                remove, add = edits[spec.name]
-                entries = tuple(sorted((set(spec.entries) - remove) | add))
-                new_sets.append(dataclasses.replace(sets[spec.name], entries=entries))
+                new_sets.append(_edited_set(sets[spec.name], *edits[spec.name]))
             else:
                 new_sets.append(spec)
         families[family] = dataclasses.replace(pf, sets=tuple(new_sets))
     return dataclasses.replace(piece, families=families)
+
+
+def _edited_set(spec: IPSetSpec, remove: set[str], add: set[str]) -> IPSetSpec:
+    """The set with members removed and added, still sorted (bisect: a few members move in a
+    set of thousands), remembering the edit for the plan."""
+    entries = list(spec.entries)
+    removed, added = set(), set()
+    for entry in remove:
+        i = bisect.bisect_left(entries, entry)
+        if i < len(entries) and entries[i] == entry:
+            del entries[i]
+            removed.add(entry)
+    for entry in add:
+        i = bisect.bisect_left(entries, entry)
+        if i == len(entries) or entries[i] != entry:
+            entries.insert(i, entry)
+            added.add(entry)
+    edit = SetEdit(spec.entries, frozenset(removed - added), frozenset(added - removed))
+    return dataclasses.replace(spec, entries=tuple(entries), edit=edit)

@@ -32,6 +32,16 @@ class IPSetSpec:
     kind: str
     family: Family
     entries: tuple[str, ...] = ()
+    # How these entries came from earlier ones by a peer-set delta: (the earlier entries tuple,
+    # removed, added). A plan whose last-applied set holds that very tuple uses it as the diff.
+    edit: SetEdit | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class SetEdit:
+    base: tuple[str, ...]
+    removed: frozenset[str]
+    added: frozenset[str]
 
 
 @dataclass(frozen=True)
