@@ -39,7 +39,12 @@ def is_own_chain(name: str) -> bool:
 
 
 def set_spec(spec: IPSetSpec) -> ipset.SetSpec:
-    return ipset.SetSpec(spec.name, spec.kind, "inet6" if spec.family == IPV6 else "inet")
+    return _set_spec(spec.name, spec.kind, spec.family)
+
+
+@functools.lru_cache(maxsize=SPELLING_CACHE_SIZE)
+def _set_spec(name: str, kind: str, family: Family) -> ipset.SetSpec:
+    return ipset.SetSpec(name, kind, "inet6" if family == IPV6 else "inet")
 
 
 @dataclass

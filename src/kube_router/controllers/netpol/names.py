@@ -12,6 +12,7 @@ sync creates new chains; ours leave the version out and stay the same from one s
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from typing import Final, Literal
 
@@ -40,10 +41,13 @@ BUILTIN_JUMPS: Final = {"INPUT": INPUT_CHAIN, "FORWARD": FORWARD_CHAIN, "OUTPUT"
 LOCAL_PODS_SET: Final = "kube-router-local-pods"
 
 _HASH_LEN: Final = 16
+_HASH_CACHE_SIZE: Final = 1 << 17
 
 
+@functools.lru_cache(maxsize=_HASH_CACHE_SIZE)
 def hash16(text: str) -> str:
-    """First 16 characters of base32(sha256(text)), the suffix of every hashed name."""
+    """First 16 characters of base32(sha256(text)), the suffix of every hashed name (each
+    sync names the same chains and sets again, so the digests are remembered)."""
     digest = hashlib.sha256(text.encode()).digest()
     return base64.b32encode(digest).decode("ascii")[:_HASH_LEN]
 
