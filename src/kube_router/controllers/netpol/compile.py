@@ -93,14 +93,16 @@ def _resolve_rule(
 ) -> RuleInfo:
     pods_index, namespaces, families = context
     rule = RuleInfo(match_all_peers=not peers, selects_pods=False)
-    seen: set[str] = set()
+    seen: set[int] = set()  # ids: the index holds one object per pod
     for i, peer in enumerate(peers):
         at = f"{where}[{i}]"
         if peer.pod_selector is not None or peer.namespace_selector is not None:
             rule.selects_pods = True
-            for pod in peer_pods(policy, peer, pods_index, namespaces, at):
-                if pod_key(pod) not in seen:
-                    seen.add(pod_key(pod))
+            pods, ips = peer_pods(policy, peer, pods_index, namespaces, at)
+            rule.peer_ips.extend(ips)
+            for pod in pods:
+                if id(pod) not in seen:
+                    seen.add(id(pod))
                     rule.peer_pods.append(pod)
         elif peer.ip_block is not None:
             family, entries = ipblock_entries(peer.ip_block, at)

@@ -22,7 +22,6 @@ from kube_router.controllers.netpol.pieces import (
     HASH_NET,
     IPSetSpec,
     PolicyFamily,
-    pod_ips,
 )
 from kube_router.controllers.netpol.resolve import PortMatch, RuleInfo, family_ips
 from kube_router.controllers.netpol.rulefmt import ALLOWED, id_comment, join
@@ -95,7 +94,7 @@ def _allow_ports(
 
 def _peer_pods_set(chain: _Chain, rule_no: int, rule: RuleInfo) -> str:
     namer = names.ingress_pods_set if chain.direction == INGRESS else names.egress_pods_set
-    ips = family_ips((ip for pod in rule.peer_pods for ip in pod_ips(pod)), chain.family)
+    ips = family_ips(rule.peer_ips, chain.family)
     return chain.add_set(namer(chain.namespace, chain.name, rule_no, chain.family), HASH_IP, ips)
 
 

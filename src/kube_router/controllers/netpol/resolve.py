@@ -53,6 +53,7 @@ class PodIndex(PodsByNs):
         self._by_ns: dict[str, dict[str, Pod]] = {}
         self._lists: dict[str, list[Pod]] = {}
         self._memo: dict[str, dict[bytes, list[Pod]]] = {}
+        self._ips_memo: dict[str, dict[bytes, tuple[str, ...]]] = {}
         self.ip_owners: dict[str, int] = {}
         for pod in pods:
             self.put(pod)
@@ -85,6 +86,7 @@ class PodIndex(PodsByNs):
     def _changed(self, namespace: str) -> None:
         self._lists.pop(namespace, None)
         self._memo.pop(namespace, None)
+        self._ips_memo.pop(namespace, None)
 
     def __getitem__(self, namespace: str) -> Sequence[Pod]:
         pods = self._lists.get(namespace)
@@ -109,8 +111,27 @@ class PodIndex(PodsByNs):
             found = memo[key] = select_pods(self.get(namespace, ()), selector)
         return found
 
+    def select_ips(self, namespace: str, selector: LabelSelector) -> tuple[str, ...]:
+        """Every IP of the pods ``select`` gives, remembered alike."""
+        memo = self._ips_memo.setdefault(namespace, {})
+        key = _ENCODE(selector)
+        found = memo.get(key)
+        if found is None:
+            pods = self.select(namespace, selector)
+            found = memo[key] = tuple(ip for pod in pods for ip in pod_ips(pod))
+        return found
+
 
 _ENCODE = msgspec.json.Encoder().encode
+
+
+def select_ips_in(pods_index: PodsByNs, namespace: str, selector: LabelSelector) -> Sequence[str]:
+    """The IPs of ``select_in``'s pods, through the index's memo when it has one."""
+    if isinstance(pods_index, PodIndex):
+        return pods_index.select_ips(namespace, selector)
+    return [
+        ip for pod in select_pods(pods_index.get(namespace, ()), selector) for ip in pod_ips(pod)
+    ]
 
 
 def select_in(pods_index: PodsByNs, namespace: str, selector: LabelSelector) -> list[Pod]:
@@ -148,6 +169,7 @@ class RuleInfo:
     match_all_peers: bool  # empty from/to
     selects_pods: bool  # some peer has a pod or namespace selector
     peer_pods: list[Pod] = field(default_factory=list)
+    peer_ips: list[str] = field(default_factory=list)  # of peer_pods (repeats allowed)
     ipblocks: dict[Family, list[str]] = field(default_factory=dict)  # hash:net entries
     match_all_ports: bool = True  # empty ports
     ports: list[PortMatch] = field(default_factory=list)
@@ -188,8 +210,9 @@ def peer_pods(
     pods_index: PodsByNs,
     namespaces: Iterable[Namespace],
     where: str,
-) -> list[Pod]:
-    """Pods a peer selects: namespaceSelector AND podSelector, or podSelector in the policy's ns."""
+) -> tuple[list[Pod], list[str]]:
+    """Pods a peer selects (namespaceSelector AND podSelector, or podSelector in the policy's
+    namespace), and their IPs."""
     pod_selector = peer.pod_selector if peer.pod_selector is not None else LabelSelector()
     _check_selector(pod_selector, f"{where}.podSelector")
     if peer.namespace_selector is not None:
@@ -202,11 +225,13 @@ def peer_pods(
     elif peer.pod_selector is not None:
         chosen = [policy.metadata.namespace]
     else:
-        return []
+        return [], []
     found: list[Pod] = []
+    ips: list[str] = []
     for name in sorted(chosen):
         found.extend(select_in(pods_index, name, pod_selector))
-    return found
+        ips.extend(select_ips_in(pods_index, name, pod_selector))
+    return found, ips
 
 
 def _network(text: str, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
