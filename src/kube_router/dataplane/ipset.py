@@ -213,41 +213,67 @@ def _parse_create(tokens: list[str], lineno: int) -> SetSpec:
         raise IPSetParseError(f"line {lineno}: {err}") from err
 
 
-def _save_entry(set_type: str, tokens: list[str]) -> str:
-    """Canonical entry from an ``add`` line (already canonical except protocol names)."""
-    entry = tokens[2]
+def _save_entry(set_type: str, parts: list[str]) -> str:
+    """Canonical entry from an ``add`` line split as ``add NAME ENTRY [REST]`` (already
+    canonical except protocol names)."""
+    entry = parts[2]
     if set_type == HASH_IP_PORT:
         addr, _, proto_port = entry.rpartition(",")
         proto, _, port = proto_port.partition(":")
         number = _PROTO_NUMBER.get(proto)
         if number is not None:
             entry = f"{addr},{PROTO_TEXT.get(number, str(number))}:{port}"
-    return f"{entry} {NOMATCH}" if NOMATCH in tokens[3:] else entry
+    if len(parts) > 3 and NOMATCH in parts[3].split():
+        return f"{entry} {NOMATCH}"
+    return entry
 
 
 def parse_save(text: str, prefixes: Sequence[str] | None = OWNED_PREFIXES) -> dict[str, SetState]:
     """Sets (spec + canonical entries) from ``ipset save`` output, ours only unless
-    ``prefixes`` is None. ``initval``/``bucketsize`` are dropped, entry timeouts ignored."""
+    ``prefixes`` is None. ``initval``/``bucketsize`` are dropped, entry timeouts ignored.
+
+    ``ipset save`` prints each set's ``add`` lines right after its ``create`` line; that run
+    (hundreds of thousands of lines at scale) is taken in one sweep."""
     specs: dict[str, SetSpec] = {}
     entries: dict[str, set[str]] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        tokens = line.split()
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        tokens = lines[i].split()
+        i += 1
         if not tokens:
             continue
         cmd = tokens[0]
         if len(tokens) < 3 or cmd not in ("create", "add"):
-            raise IPSetParseError(f"line {lineno}: unexpected {line!r}")
+            raise IPSetParseError(f"line {i}: unexpected {lines[i - 1]!r}")
         name = tokens[1]
-        if prefixes is not None and not owned(name, prefixes):
+        ours = prefixes is None or owned(name, prefixes)
+        if cmd == "add":
+            if ours:
+                raise IPSetParseError(f"line {i}: add to {name} before its create line")
             continue
-        if cmd == "create":
-            specs[name] = _parse_create(tokens, lineno)
-            entries[name] = set()
-        elif name not in specs:
-            raise IPSetParseError(f"line {lineno}: add to {name} before its create line")
-        else:
-            entries[name].add(_save_entry(specs[name].type, tokens))
+        end = _run_end(lines, i, f"add {name} ")
+        if ours:
+            specs[name] = _parse_create(tokens, i)
+            entries[name] = _run_entries(specs[name].type, lines[i:end], len(name) + 5)
+        i = end
     return {name: SetState(spec, frozenset(entries[name])) for name, spec in specs.items()}
+
+
+def _run_end(lines: list[str], start: int, prefix: str) -> int:
+    end = start
+    while end < len(lines) and lines[end].startswith(prefix):
+        end += 1
+    return end
+
+
+def _run_entries(set_type: str, run: list[str], skip: int) -> set[str]:
+    """The entries of a set's ``add`` lines; ``skip`` is the length of ``add NAME ``."""
+    if set_type != HASH_IP_PORT:
+        plain = {line[skip:] for line in run}
+        if not any(" " in entry for entry in plain):
+            return plain
+    return {_save_entry(set_type, line.split(None, 3)) for line in run}
 
 
 def render_save(states: Mapping[str, SetState]) -> str:
