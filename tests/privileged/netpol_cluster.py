@@ -23,6 +23,7 @@ from typing import Any
 from kube_router.config import parse
 from kube_router.controllers.base import Barriers, RunContext
 from kube_router.controllers.netpol.controller import Dataplane, NetworkPolicyController
+from kube_router.controllers.netpol.names import IPV4, IPV6, Family
 from kube_router.dataplane.exec import Executor, Result
 from kube_router.dataplane.iptables import RealIPTables
 from kube_router.health import HealthChecker
@@ -30,10 +31,11 @@ from kube_router.k8s.client import KubeClient
 from kube_router.k8s.informers import Informers
 from kube_router.lab.apiserver import LabServer
 from kube_router.lab.errors import ApiError as LabApiError
-from kube_router.lab.podnet import LINK_NET, LabPod, PodNetwork
+from kube_router.lab.podnet import LINK_NET, LINK_NET6, LabPod, PodNetwork
 from kube_router.node import NodeIdentity
 
 NODE_IP, REMOTE_IP = (str(h) for h in LINK_NET.hosts())
+NODE_IP6, REMOTE_IP6 = (str(h) for h in LINK_NET6.hosts())
 PROTOS = ("tcp", "udp")
 PORTS = (80, 81)
 POLL_S = 0.02
@@ -79,17 +81,21 @@ def pod_object(pod: LabPod) -> dict[str, Any]:
                 }
             ],
         },
-        "status": {"phase": "Running", "hostIP": host, "podIP": pod.ip, "podIPs": [{"ip": pod.ip}]},
+        "status": {
+            "phase": "Running",
+            "hostIP": host,
+            "podIP": pod.ip,
+            "podIPs": [{"ip": ip} for ip in (pod.ip, pod.ip6) if ip],
+        },
     }
 
 
-def node_object(pod_cidr: str | None) -> dict[str, Any]:
-    spec = {"podCIDR": pod_cidr} if pod_cidr else {}
-    return {
-        "metadata": {"name": "n1"},
-        "spec": spec,
-        "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]},
-    }
+def node_object(pod_cidrs: Sequence[str]) -> dict[str, Any]:
+    spec = {"podCIDR": pod_cidrs[0], "podCIDRs": list(pod_cidrs)} if pod_cidrs else {}
+    addresses = [{"type": "InternalIP", "address": NODE_IP}]
+    if len(pod_cidrs) > 1:
+        addresses.append({"type": "InternalIP", "address": NODE_IP6})
+    return {"metadata": {"name": "n1"}, "spec": spec, "status": {"addresses": addresses}}
 
 
 @dataclass
@@ -264,9 +270,10 @@ class Cluster:
 
     # -- probes --------------------------------------------------------------------------------
 
-    async def check(self, denied: Iterable[Cell]) -> None:
+    async def check(self, denied: Iterable[Cell], family: str = "ipv4") -> None:
+        """The whole matrix over ``family`` ("ipv4" or "ipv6") equals the expected one."""
         expected_denied = set(denied)
-        matrix = await self.net.matrix(PROTOS, PORTS, timeout=1.0)
+        matrix = await self.net.matrix(PROTOS, PORTS, timeout=1.0, family=family)
         wrong = sorted(c for c, ok in matrix.items() if ok == (c in expected_denied))
         # A cell that should pass but timed out may be a slow answer on a loaded machine (a
         # pass is never a timing artifact): probe those again, more patiently, before judging.
@@ -274,7 +281,7 @@ class Cluster:
             src, dst, proto, port = cell
             for _ in range(RETRIES):
                 if await self.net.probe(
-                    self.pod(src), self.pod(dst), proto, port, timeout=RETRY_TIMEOUT_S
+                    self.pod(src), self.pod(dst), proto, port, RETRY_TIMEOUT_S, family
                 ):
                     wrong.remove(cell)
                     break
@@ -316,7 +323,8 @@ def policy(ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _seed(lab: LabServer, net: PodNetwork, specs: Sequence[LabPodSpec], pod_cidr: bool) -> None:
-    lab.store.create("nodes", node_object(net.local_cidr if pod_cidr else None))
+    cidrs = [net.local_cidr, *([net.local_cidr6] if net.ipv6 else [])] if pod_cidr else []
+    lab.store.create("nodes", node_object(cidrs))
     for ns in dict.fromkeys(s.namespace for s in specs):
         lab.store.create("namespaces", {"metadata": {"name": ns, "labels": {"ns": ns}}})
     seeded = {s.key for s in specs if s.seeded}
@@ -331,10 +339,12 @@ async def open_cluster(
     flags: Sequence[str] = (),
     pods: Sequence[LabPodSpec] = STANDARD_PODS,
     pod_cidr: bool = True,
+    ipv6: bool = False,
 ) -> AsyncIterator[Cluster]:
     """The topology, the lab API server, informers and a running controller (after its first
-    sync). ``flags`` are extra agent flags; ``pod_cidr`` says whether the Node has spec.podCIDR."""
-    net = PodNetwork(f"kc{uuid.uuid4().hex[:5]}", tmp_path)
+    sync). ``flags`` are extra agent flags; ``pod_cidr`` says whether the Node has spec.podCIDR;
+    ``ipv6`` makes everything dual-stack (``--enable-ipv6``)."""
+    net = PodNetwork(f"kc{uuid.uuid4().hex[:5]}", tmp_path, ipv6=ipv6)
     lab = LabServer("127.0.0.1", 0, bookmark_interval=0.2)
     await lab.start()
     cluster: Cluster | None = None
@@ -352,10 +362,15 @@ async def open_cluster(
         informers.start()
         await informers.wait_for_cache_sync(10)
         ident = NodeIdentity(
-            "n1", ipaddress.ip_address(NODE_IP), ipaddress.ip_address(NODE_IP), None, None
+            "n1",
+            ipaddress.ip_address(NODE_IP),
+            ipaddress.ip_address(NODE_IP),
+            ipaddress.ip_address(NODE_IP6) if ipv6 else None,
+            None,
         )
+        family_flags = ["--enable-ipv6=true"] if ipv6 else []
         ctx = RunContext(
-            parse(["--iptables-sync-period=5m", *flags], {}),
+            parse(["--iptables-sync-period=5m", *family_flags, *flags], {}),
             client,
             informers,
             ident,
@@ -364,7 +379,8 @@ async def open_cluster(
             Barriers(),
         )
         ctx.health.register(NetworkPolicyController.name, 300)
-        dataplane = await Dataplane.real(Executor.in_netns(net.node_netns), ["IPv4"])
+        families: list[Family] = [IPV4, IPV6] if ipv6 else [IPV4]
+        dataplane = await Dataplane.real(Executor.in_netns(net.node_netns), families)
         ctrl = NetworkPolicyController(ctx, dataplane)
         cluster = Cluster(lab, net, ctrl, informers, ctx, dataplane, workdir=tmp_path)
         cluster.task = asyncio.create_task(ctrl.run())

@@ -138,7 +138,7 @@ async def test_default_deny_pod_cidr_learned_later(tmp_path: Path) -> None:
         assert not [rule for rule in await tail_rules(c) if "REJECT" in rule]
         await c.check(set())
         node = c.get("nodes", None, "n1")
-        node["spec"] = node_object(c.net.local_cidr)["spec"]
+        node["spec"] = node_object([c.net.local_cidr])["spec"]
         await c.write("nodes", node)
         await c.check(around(NEW))
 

@@ -22,6 +22,7 @@ from kube_router.lab.netns import ip
 
 BRIDGE = "kube-bridge"
 LINK_NET = ipaddress.IPv4Network("10.255.255.0/30")
+LINK_NET6 = ipaddress.IPv6Network("fd00:ffff::/127")  # RFC 6164 point-to-point
 AGENT_START_TIMEOUT_S = 30.0
 PROBE_CONCURRENCY = 64
 
@@ -35,6 +36,14 @@ class LabPod:
     ip: str
     control: Path
     proc: subprocess.Popen[bytes] | None = None
+    ip6: str | None = None  # with a dual-stack network
+
+    def address(self, family: str = "ipv4") -> str:
+        if family == "ipv4":
+            return self.ip
+        if self.ip6 is None:
+            raise ValueError(f"pod {self.key} has no IPv6 address")
+        return self.ip6
 
     @property
     def key(self) -> str:
@@ -50,6 +59,9 @@ class PodNetwork:
     local_cidr: str = "10.244.1.0/24"
     remote_cidr: str = "10.244.2.0/24"
     pods: list[LabPod] = field(default_factory=list)
+    ipv6: bool = False  # dual-stack: the IPv6 CIDRs below too
+    local_cidr6: str = "fd00:10:244:1::/64"
+    remote_cidr6: str = "fd00:10:244:2::/64"
 
     @property
     def node_netns(self) -> str:
@@ -60,7 +72,7 @@ class PodNetwork:
         return f"{self.prefix}-remote"
 
     def _gateway(self, cidr: str) -> str:
-        return str(next(ipaddress.IPv4Network(cidr).hosts()))
+        return str(next(ipaddress.ip_network(cidr).hosts()))
 
     def build_nodes(self) -> None:
         """The two node namespaces, their bridges and the routed link between them."""
@@ -93,6 +105,25 @@ class PodNetwork:
         ip("route", "add", self.remote_cidr, "via", remote_ip, netns=self.node_netns)
         ip("route", "add", self.local_cidr, "via", node_ip, netns=self.remote_netns)
         _sysctl(self.node_netns, "net.bridge.bridge-nf-call-iptables", "1")
+        if self.ipv6:
+            self._build_ipv6()
+
+    def _build_ipv6(self) -> None:
+        """IPv6 on the same topology: bridge gateways, the link, routes (no DAD: no waiting)."""
+        node_ip, remote_ip = (str(h) for h in LINK_NET6.hosts())
+        for ns, cidr in (
+            (self.node_netns, self.local_cidr6),
+            (self.remote_netns, self.remote_cidr6),
+        ):
+            _sysctl(ns, "net.ipv6.conf.all.forwarding", "1")
+            gateway = f"{self._gateway(cidr)}/{ipaddress.ip_network(cidr).prefixlen}"
+            ip("addr", "add", gateway, "dev", BRIDGE, "nodad", netns=ns)
+        link = LINK_NET6.prefixlen
+        ip("addr", "add", f"{node_ip}/{link}", "dev", "to-remote", "nodad", netns=self.node_netns)
+        ip("addr", "add", f"{remote_ip}/{link}", "dev", "to-node", "nodad", netns=self.remote_netns)
+        ip("route", "add", self.remote_cidr6, "via", remote_ip, netns=self.node_netns)
+        ip("route", "add", self.local_cidr6, "via", node_ip, netns=self.remote_netns)
+        _sysctl(self.node_netns, "net.bridge.bridge-nf-call-ip6tables", "1")
 
     def add_pod(self, namespace: str, name: str, node: str = "local") -> LabPod:
         """A pod namespace wired to its node's bridge (not started yet)."""
@@ -124,6 +155,13 @@ class PodNetwork:
         ip("addr", "add", f"{pod_ip}/{net.prefixlen}", "dev", "eth0", netns=pod.netns)
         ip("link", "set", "eth0", "up", netns=pod.netns)
         ip("route", "add", "default", "via", self._gateway(cidr), netns=pod.netns)
+        if self.ipv6:
+            cidr6 = self.local_cidr6 if node == "local" else self.remote_cidr6
+            net6 = ipaddress.IPv6Network(cidr6)
+            pod.ip6 = str(net6.network_address + 10 + i)
+            addr6 = f"{pod.ip6}/{net6.prefixlen}"
+            ip("addr", "add", addr6, "dev", "eth0", "nodad", netns=pod.netns)
+            ip("route", "add", "default", "via", self._gateway(cidr6), netns=pod.netns)
         self.pods.append(pod)
         return pod
 
@@ -142,6 +180,7 @@ class PodNetwork:
                     pod.key,
                     "--control",
                     str(pod.control),
+                    *(["--ipv6"] if self.ipv6 else []),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -160,12 +199,19 @@ class PodNetwork:
         raise TimeoutError(f"pod agent {pod.key} did not start")
 
     async def probe(
-        self, src: LabPod, dst: LabPod, proto: str, port: int, timeout: float = 1.0
+        self,
+        src: LabPod,
+        dst: LabPod,
+        proto: str,
+        port: int,
+        timeout: float = 1.0,
+        family: str = "ipv4",
     ) -> bool:
-        """Whether ``src`` reaches ``dst`` on proto/port and the answer came from ``dst``."""
+        """Whether ``src`` reaches ``dst`` (its ``family`` address) on proto/port and the answer
+        came from ``dst``."""
         reader, writer = await asyncio.open_unix_connection(str(src.control))
         try:
-            req = {"dst": dst.ip, "proto": proto, "port": port, "timeout": timeout}
+            req = {"dst": dst.address(family), "proto": proto, "port": port, "timeout": timeout}
             writer.write(json.dumps(req).encode() + b"\n")
             await writer.drain()
             answer = json.loads(await reader.readline())
@@ -178,14 +224,15 @@ class PodNetwork:
         protos: tuple[str, ...] = ("tcp", "udp"),
         ports: tuple[int, ...] = (80, 81),
         timeout: float = 1.0,
+        family: str = "ipv4",
     ) -> dict[tuple[str, str, str, int], bool]:
-        """Every (src, dst, proto, port) reachability, probed concurrently."""
+        """Every (src, dst, proto, port) reachability over ``family``, probed concurrently."""
         sem = asyncio.Semaphore(PROBE_CONCURRENCY)
         cells = [c for c in product(self.pods, self.pods, protos, ports) if c[0] is not c[1]]
 
         async def one(src: LabPod, dst: LabPod, proto: str, port: int) -> bool:
             async with sem:
-                return await self.probe(src, dst, proto, port, timeout)
+                return await self.probe(src, dst, proto, port, timeout, family)
 
         results = await asyncio.gather(*(one(*c) for c in cells))
         return {
