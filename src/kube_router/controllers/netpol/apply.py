@@ -248,12 +248,13 @@ def _apply_patch(tx: ipt.Transaction, chain: str, patch: Patch) -> int:
 
 def plan_incremental(desired: FamilyState, last: FamilyState) -> Plan:
     before, after, tx = ipset.Transaction(), ipset.Transaction(), ipt.Transaction("filter")
+    # Unchanged pieces are the very same objects from one sync to the next: "is" first.
     for name, spec in desired.sets.items():
         old = last.sets.get(name)
-        if old != spec:
+        if old is not spec and old != spec:
             _set_diff(before, spec, old)
     own, old_own = desired.own_chains(), last.own_chains()
-    changed = {c: r for c, r in own.items() if old_own.get(c) != r}
+    changed = {c: r for c, r in own.items() if (o := old_own.get(c)) is not r and o != r}
     patches = {
         c: p
         for c in changed

@@ -7,7 +7,8 @@ The desired state is split so a controller can recompute only what changed:
   the pods it targets, or an error saying why it cannot be compiled;
 - :func:`compile_pod` (one local pod and the policies selecting it): its firewall chain and the
   jumps into it;
-- :func:`assemble` puts the pieces of one family together into whole chains and sets.
+- :func:`assemble` (in :mod:`.assemble`) puts the pieces of one family together into whole
+  chains and sets.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from kube_router.config import Config
-from kube_router.controllers.netpol.names import ROUTER_CHAINS, Family, local_pods_set
+from kube_router.controllers.netpol.assemble import Assembler, assemble
+from kube_router.controllers.netpol.names import Family
 from kube_router.controllers.netpol.pieces import (
     HASH_IP,
     HASH_NET,
@@ -49,7 +51,7 @@ from kube_router.controllers.netpol.resolve import (
     select_in,
     target_pods,
 )
-from kube_router.controllers.netpol.static_rules import ROUTER_TAIL, compile_static
+from kube_router.controllers.netpol.static_rules import compile_static
 from kube_router.k8s.models import (
     LabelSelector,
     Namespace,
@@ -62,6 +64,7 @@ from kube_router.k8s.models import (
 __all__ = [
     "HASH_IP",
     "HASH_NET",
+    "Assembler",
     "Chains",
     "IPSetSpec",
     "PodFamily",
@@ -209,40 +212,3 @@ def compile_policy(
         },
         warnings=tuple(warnings),
     )
-
-
-def assemble(
-    static: Chains,
-    policies: Iterable[PolicyPiece],
-    pods: Iterable[PodPiece],
-    family: Family,
-    default_deny: bool = False,
-) -> tuple[Chains, list[IPSetSpec]]:
-    """Whole chains and sets of one family from its static chains, policies and local pods.
-
-    Pod jumps go into the ``KUBE-ROUTER-*`` chains before their two tail rules. With default
-    deny, ``kube-router-local-pods`` lists the local pods that have a chain.
-    """
-    chains: Chains = {chain: list(rules) for chain, rules in static.items()}
-    sets: dict[str, IPSetSpec] = {}
-    for policy in sorted(policies, key=lambda p: (p.namespace, p.name)):
-        piece = policy.families.get(family)
-        if piece is None:
-            continue
-        chains[piece.chain] = list(piece.rules)
-        sets.update((s.name, s) for s in piece.sets)
-    local_ips: list[str] = []
-    tail = len(ROUTER_TAIL)
-    for pod in sorted(pods, key=lambda p: (p.namespace, p.name)):
-        pod_family = pod.families.get(family)
-        if pod_family is None:
-            continue
-        chains[pod.chain] = list(pod_family.rules)
-        local_ips.append(pod_family.ip)
-        for chain in ROUTER_CHAINS:
-            rules = chains[chain]
-            rules[len(rules) - tail : len(rules) - tail] = pod_family.jumps.get(chain, ())
-    if default_deny:
-        name = local_pods_set(family)
-        sets[name] = IPSetSpec(name, HASH_IP, family, family_ips(local_ips, family))
-    return chains, list(sets.values())

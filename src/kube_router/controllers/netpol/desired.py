@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from kube_router.config import Config
 from kube_router.controllers.netpol.compile import (
+    Assembler,
     IPSetSpec,
     PolicyPiece,
-    assemble,
     compile_pod,
     compile_policy,
     compile_static,
@@ -77,10 +77,25 @@ class IncrementalCompiler:
         self.index = PodIndex()
         self.local: dict[str, Pod] = {}
         self.policies: dict[str, PolicyPiece] = {}
+        self.assemblers: dict[Family, Assembler] = {}
+        self._across: dict[str, tuple[NetworkPolicy, bool]] = {}
         self.pods: dict[str, PodPiece] = {}
         self.recompiled_policies = 0
         self.recompiled_pods = 0
         self.deltas = 0
+
+    def _reaching_across(self, objs: dict[str, NetworkPolicy]) -> dict[str, bool]:
+        """Per policy: whether a namespaceSelector peer lets it reach other namespaces (kept per
+        policy object, so only new and changed policies are looked at)."""
+        fresh: dict[str, tuple[NetworkPolicy, bool]] = {}
+        for key, pol in objs.items():
+            hit = self._across.get(key)
+            if hit is None or hit[0] is not pol:
+                peers = (p for rule, _, _ in rule_peers(pol) for p in rule)
+                hit = (pol, any(p.namespace_selector is not None for p in peers))
+            fresh[key] = hit
+        self._across = fresh
+        return {key: hit[1] for key, hit in fresh.items()}
 
     def _dirty_policies(
         self, changes: Changes, objs: dict[str, NetworkPolicy], ns_labels: dict[str, dict[str, str]]
@@ -93,21 +108,19 @@ class IncrementalCompiler:
                     k for k, pol in objs.items() if policy_sees_namespace(pol, ns.metadata.labels)
                 }
         deltas: dict[str, list[PodChange]] = defaultdict(list)
+        across = self._reaching_across(objs)
         for old, new in changes.pods.values():
+            pods = [p for p in (old, new) if p is not None]
+            home = {p.metadata.namespace for p in pods}
             for key, pol in objs.items():
-                if key in dirty:
+                if key in dirty or (pol.metadata.namespace not in home and not across[key]):
                     continue
-                effect = max(
-                    (
-                        pod_effect(pol, p, ns_labels.get(p.metadata.namespace, {}))
-                        for p in (old, new)
-                        if p is not None
-                    ),
-                    key=lambda e: e.value,
-                )
-                if effect is Effect.RECOMPILE:
+                effects = {
+                    pod_effect(pol, p, ns_labels.get(p.metadata.namespace, {})) for p in pods
+                }
+                if Effect.RECOMPILE in effects:
                     dirty.add(key)
-                elif effect is Effect.DELTA:
+                elif Effect.DELTA in effects:
                     deltas[key].append((old, new))
         return dirty, {k: v for k, v in deltas.items() if k not in dirty}
 
@@ -128,7 +141,7 @@ class IncrementalCompiler:
         ns_labels = {n.metadata.name: n.metadata.labels for n in namespaces}
         deltas: dict[str, list[PodChange]] = {}
         if changes is None:
-            self.policies, self.pods = {}, {}
+            self.policies, self.pods, self.assemblers = {}, {}, {}
             dirty = set(objs)
         else:
             dirty, deltas = self._dirty_policies(changes, objs, ns_labels)
@@ -151,7 +164,9 @@ class IncrementalCompiler:
                     new.target_pods if new else frozenset()
                 )
         self._update_pods(cfg, local, changes, changed_targets)
-        return _assemble_all(cfg, self.policies.values(), self.pods.values(), node_pod_cidrs)
+        return _assemble_all(
+            cfg, self.assemblers, self.policies.values(), self.pods.values(), node_pod_cidrs
+        )
 
     def _index(self, pods: Iterable[Pod], node_ips: set[str], changes: Changes | None) -> None:
         """Rebuild the pod index (full), or move only the pods that changed."""
@@ -191,6 +206,7 @@ class IncrementalCompiler:
 
 def _assemble_all(
     cfg: Config,
+    assemblers: dict[Family, Assembler],
     pieces: Iterable[PolicyPiece],
     pod_pieces: Iterable[PodPiece],
     node_pod_cidrs: Sequence[str],
@@ -198,8 +214,9 @@ def _assemble_all(
     pieces, pod_pieces = list(pieces), list(pod_pieces)
     families: dict[Family, FamilyState] = {}
     for family, chains in compile_static(cfg, list(node_pod_cidrs)).items():
-        all_chains, sets = assemble(chains, pieces, pod_pieces, family, cfg.netpol_default_deny)
-        families[family] = FamilyState(all_chains, {s.name: s for s in sets})
+        assembler = assemblers.setdefault(family, Assembler(family))
+        all_chains, sets = assembler.build(chains, pieces, pod_pieces, cfg.netpol_default_deny)
+        families[family] = FamilyState(all_chains, sets)
     errors = {f"{p.namespace}/{p.name}": p.error for p in pieces if p.error}
     return Desired(families, errors, sum(len(p.families) for p in pieces))
 
