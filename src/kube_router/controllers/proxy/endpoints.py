@@ -1,0 +1,79 @@
+"""A Service's endpoints from its EndpointSlices: which addresses serve which port, and where.
+
+Pure functions. An endpoint is used when it is ready or serving (a nil condition counts as true,
+as the API says); terminating endpoints that still serve stay usable, as upstream does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from kube_router.dataplane.ipvs import Family
+from kube_router.k8s.models import EndpointSlice
+
+SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
+HEADLESS_LABEL: Final = "service.kubernetes.io/headless"
+ADDRESS_TYPES: Final[dict[str, Family]] = {"IPv4": "ipv4", "IPv6": "ipv6"}
+
+
+@dataclass(frozen=True, order=True)
+class EndpointInfo:
+    address: str
+    port: int
+    family: Family
+    local: bool
+    terminating: bool = False
+
+
+def slice_service(es: EndpointSlice) -> str | None:
+    """``namespace/name`` of a slice's Service: label, then owner, then generateName."""
+    meta = es.metadata
+    name = meta.labels.get(SERVICE_NAME_LABEL)
+    if not name:
+        owners = [o.name for o in meta.owner_references if o.kind == "Service"]
+        name = owners[0] if owners else meta.generate_name.rstrip("-")
+    return f"{meta.namespace}/{name}" if name else None
+
+
+def _usable(ready: bool | None, serving: bool | None) -> bool:
+    is_ready = ready is not False
+    return is_ready or (serving if serving is not None else is_ready)
+
+
+def slice_endpoints(es: EndpointSlice, node: str) -> dict[str, list[EndpointInfo]]:
+    """Port name -> usable endpoints of one slice (FQDN slices and headless ones give nothing)."""
+    family = ADDRESS_TYPES.get(es.address_type)
+    if family is None or HEADLESS_LABEL in es.metadata.labels:
+        return {}
+    out: dict[str, list[EndpointInfo]] = {}
+    for port in es.ports:
+        if port.port is None:
+            continue
+        found = out.setdefault(port.name or "", [])
+        for ep in es.endpoints:
+            c = ep.conditions
+            if not _usable(c.ready, c.serving):
+                continue
+            for address in ep.addresses:
+                try:
+                    canonical = str(ipaddress.ip_address(address))
+                except ValueError:
+                    continue
+                found.append(
+                    EndpointInfo(
+                        canonical, port.port, family, ep.node_name == node, bool(c.terminating)
+                    )
+                )
+    return out
+
+
+def service_endpoints(slices: Iterable[EndpointSlice], node: str) -> dict[str, list[EndpointInfo]]:
+    """Port name -> usable endpoints over all of a Service's slices, without duplicates."""
+    merged: dict[str, set[EndpointInfo]] = {}
+    for es in slices:
+        for port, eps in slice_endpoints(es, node).items():
+            merged.setdefault(port, set()).update(eps)
+    return {port: sorted(eps) for port, eps in merged.items()}
