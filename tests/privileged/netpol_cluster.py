@@ -57,6 +57,15 @@ class LabPodSpec:
         return f"{self.namespace}/{self.name}"
 
 
+# A smaller cluster for tests that need no full matrix: three pods in x, one in y, one remote.
+FIVE_PODS: tuple[LabPodSpec, ...] = (
+    LabPodSpec("x", "a"),
+    LabPodSpec("x", "b"),
+    LabPodSpec("x", "c"),
+    LabPodSpec("y", "a"),
+    LabPodSpec("z", "a", "remote"),
+)
+
 STANDARD_PODS: tuple[LabPodSpec, ...] = tuple(
     LabPodSpec(ns, name, node)
     for ns, node in (("x", "local"), ("y", "local"), ("z", "remote"))

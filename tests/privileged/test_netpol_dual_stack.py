@@ -12,17 +12,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from netpol_cluster import Cell, Cluster, LabPodSpec, cells, open_cluster, policy
+from netpol_cluster import FIVE_PODS, Cell, Cluster, cells, open_cluster, policy
 
 from kube_router.controllers.netpol.names import ingress_pods_set
 
-PODS = (
-    LabPodSpec("x", "a"),
-    LabPodSpec("x", "b"),
-    LabPodSpec("x", "c"),
-    LabPodSpec("y", "a"),
-    LabPodSpec("z", "a", "remote"),
-)
+PODS = FIVE_PODS
 ALL = [p.key for p in PODS]
 X = ["x/a", "x/b", "x/c"]
 

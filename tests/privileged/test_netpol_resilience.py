@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netpol_cluster import Cell, Cluster, LabPodSpec, LongConnection, cells, open_cluster, policy
+from netpol_cluster import FIVE_PODS, Cell, Cluster, LongConnection, cells, open_cluster, policy
 
 from kube_router.controllers.netpol.names import (
     FORWARD_CHAIN,
@@ -30,13 +30,7 @@ from kube_router.controllers.netpol.names import (
 )
 from kube_router.dataplane.exec import CommandError
 
-PODS = (
-    LabPodSpec("x", "a"),
-    LabPodSpec("x", "b"),
-    LabPodSpec("x", "c"),
-    LabPodSpec("y", "a"),
-    LabPodSpec("z", "a", "remote"),
-)
+PODS = FIVE_PODS
 ALL = [p.key for p in PODS]
 X = ["x/a", "x/b", "x/c"]
 PROBE_EVERY_S = 0.25
