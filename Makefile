@@ -8,13 +8,16 @@ MD_FILES := README.md docs
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup test test-unit lint fmt fmt-check bench demo demo-down container clean
+.PHONY: help setup setup-vm test test-unit lint fmt fmt-check bench demo demo-down container clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 setup: ## install apt packages, the virtualenv and tools (idempotent)
 	@bash scripts/setup.sh
+
+setup-vm: setup ## qemu and a Debian kernel for the VM tier in .vm/ (idempotent; make test runs it if needed)
+	@bash scripts/vm/setup.sh
 
 test: setup ## run every test tier this machine supports, with coverage
 	@bash scripts/test.sh
@@ -49,5 +52,5 @@ container: ## build the container image (needs a Docker engine)
 	docker build -t $(IMAGE) .
 
 clean: ## remove the virtualenv, caches and build output
-	rm -rf $(VENV) .tools .stamps .mypy_cache .ruff_cache .pytest_cache .coverage coverage.xml build dist src/*.egg-info
+	rm -rf $(VENV) .tools .stamps .vm .mypy_cache .ruff_cache .pytest_cache .coverage coverage.xml build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -8,6 +8,11 @@ PY=${VENV:-.venv}/bin/python
 if [[ $(id -u) -ne 0 ]]; then
   echo "test: not root: the privileged and e2e tiers will be skipped"
 fi
+# The VM tier (tests/vm) boots a qemu VM when this kernel lacks IPVS, IPIP, FoU or dummy: set
+# up its kernel and qemu then. If that fails here (no root, no apt), its tests skip saying why.
+if ! "$PY" -m kube_router.lab.vm check >/dev/null; then
+  bash scripts/vm/setup.sh || echo "test: the VM tier could not be set up: its tests will skip" >&2
+fi
 set +e
 "$PY" -m pytest tests -q -ra -p no:cacheprovider \
   --cov=kube_router --cov-report=term:skip-covered --cov-report=xml:coverage.xml "$@"
