@@ -104,9 +104,10 @@ class GuestSession:
 class GuestItem(pytest.Item):
     """A host item standing for one test that ran in the VM."""
 
-    def __init__(self, *, guest: GuestSession, **kwargs: Any) -> None:
+    def __init__(self, *, guest: GuestSession, lineno: int | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.guest = guest
+        self.lineno = lineno
 
     def runtest(self) -> None:
         case = self.guest.case(self.nodeid)
@@ -117,25 +118,33 @@ class GuestItem(pytest.Item):
             self.guest.problems += 1
             pytest.fail(f"in the VM: {case.message}\n{case.text}", pytrace=False)
         elif case.outcome == "skipped":
-            pytest.skip(f"in the VM: {case.message}")
+            # Reported at the test's own line, not here (what pytest does for skip markers).
+            raise pytest.skip.Exception(f"in the VM: {case.message}", _use_item_location=True)
         elif case.outcome == "xfailed":
             pytest.xfail(f"in the VM: {case.message}")
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"{self.name} (in the VM)"
+        return self.path, self.lineno, f"{self.name} (in the VM)"
 
 
-def _host_can_run(modules: list[str]) -> bool:
+def _host_missing(modules: list[str]) -> list[str]:
+    """What keeps the tests off this host: not root, or kernel modules it cannot load.
+
+    The tier's own modules (IPVS, IPIP, FoU, dummy) count even when a test names none.
+    """
     mode = os.environ.get(MODE_ENV, "auto")
     if mode == "host":
-        return True
+        return []
     if mode == "vm":
-        return False
-    return os.geteuid() == 0 and not vm.missing_host_modules(modules)
+        return [f"{MODE_ENV}=vm"]
+    if os.geteuid() != 0:
+        return ["root"]
+    return vm.missing_host_modules(sorted({*vm.TIER_MODULES, *modules}))
 
 
 def _proxy(item: pytest.Item, guest: GuestSession) -> GuestItem:
-    proxy = GuestItem.from_parent(item.parent, name=item.name, guest=guest)
+    lineno = item.reportinfo()[1]
+    proxy = GuestItem.from_parent(item.parent, name=item.name, guest=guest, lineno=lineno)
     proxy.own_markers.extend(item.own_markers)
     proxy.add_marker(pytest.mark.timeout(HOST_ITEM_TIMEOUT_S), append=False)
     return proxy
@@ -150,12 +159,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not tier or vm.in_guest():
         return
     modules = sorted({m for item in tier for m in vm_modules(item)})
-    if _host_can_run(modules):
+    missing = _host_missing(modules)
+    if not missing:
         return
     try:
         image = vm.VmImage.locate(Path(os.environ.get(vm.CACHE_ENV, config.rootpath / ".vm")))
     except vm.VmUnavailable as err:
-        reason = f"the host kernel lacks {', '.join(modules) or 'what these tests need'}; {err}"
+        reason = f"the host lacks {', '.join(missing)}, and the VM tier is unavailable: {err}"
         for item in tier:
             item.add_marker(pytest.mark.skip(reason=reason))
         return
