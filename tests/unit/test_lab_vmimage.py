@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import lzma
+import shutil
 import struct
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +88,51 @@ def test_module_names_ignore_dashes_and_compression() -> None:
 def test_an_unknown_module_is_an_error() -> None:
     with pytest.raises(ImageError, match="virtio_mmio"):
         module_load_order(MODULES_DEP, ["virtio_mmio"])
+
+
+@pytest.mark.skipif(shutil.which("cpio") is None, reason="needs cpio (make setup-vm installs it)")
+def test_build_writes_the_kernel_and_an_initramfs_with_ordered_modules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kver = "6.1.0-test"
+    kroot, out = tmp_path / "kroot", tmp_path / "out"
+    moddir = kroot / "lib" / "modules" / kver
+    (kroot / "boot").mkdir(parents=True)
+    (kroot / "boot" / f"vmlinuz-{kver}").write_bytes(bzimage(kernel_xz(ELF)))
+    deps = {"virtio_mmio": ["virtio"], "9p": ["9pnet"], "9pnet_virtio": ["9pnet", "virtio"]}
+    names = [*vmimage.BOOT_MODULES, "virtio", "9pnet"]
+    lines = []
+    for name in names:
+        lines.append(
+            f"kernel/{name}.ko.xz: " + " ".join(f"kernel/{d}.ko.xz" for d in deps.get(name, []))
+        )
+        (moddir / "kernel").mkdir(parents=True, exist_ok=True)
+        (moddir / "kernel" / f"{name}.ko.xz").write_bytes(lzma.compress(f"module {name}".encode()))
+    (moddir / "modules.dep").write_text("\n".join(lines) + "\n")
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(b"#!busybox")
+    monkeypatch.setattr(vmimage, "BUSYBOX", busybox)
+
+    assert vmimage.main(["build", "--kroot", str(kroot), "--kver", kver, "--out", str(out)]) == 0
+
+    assert (out / "vmlinux").read_bytes() == ELF
+    extract = tmp_path / "extract"
+    extract.mkdir()
+    archive = gzip.decompress((out / "initramfs.cpio.gz").read_bytes())
+    subprocess.run(["cpio", "-id", "--quiet"], input=archive, cwd=extract, check=True)
+    assert (extract / "init").read_text().startswith("#!/bin/busybox sh")
+    assert (extract / "bin" / "busybox").read_bytes() == b"#!busybox"
+    order = (extract / "modules" / "order").read_text().split()
+    assert order.index("virtio.ko") < order.index("virtio_mmio.ko")
+    assert order.index("9pnet.ko") < order.index("9p.ko")
+    assert (extract / "modules" / "9p.ko").read_bytes() == b"module 9p", "stored uncompressed"
+
+
+def test_build_says_when_depmod_did_not_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        vmimage.main(["build", "--kroot", str(tmp_path), "--kver", "x", "--out", str(tmp_path)])
+        == 1
+    )
+    assert "depmod" in capsys.readouterr().err

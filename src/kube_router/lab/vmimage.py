@@ -193,11 +193,11 @@ def _stage_initramfs(root: Path, moddir: Path, busybox: Path) -> None:
     (root / "modules" / "order").write_text("".join(f"{n}\n" for n in names))
 
 
-def build_initramfs(moddir: Path, out: Path, busybox: Path = BUSYBOX) -> None:
+def build_initramfs(moddir: Path, out: Path, busybox: Path | None = None) -> None:
     """Write a gzip'd newc cpio archive holding busybox, ``init`` and the boot modules."""
     with tempfile.TemporaryDirectory(prefix="krvm-initramfs-") as tmp:
         root = Path(tmp)
-        _stage_initramfs(root, moddir, busybox)
+        _stage_initramfs(root, moddir, busybox or BUSYBOX)
         files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
         try:
             proc = subprocess.run(
