@@ -7,8 +7,10 @@ and the same tables afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -27,6 +29,7 @@ VIP_SCTP = ServiceKey.of("10.96.0.11", "sctp", 9000)
 VIP6 = ServiceKey.of("fd00::10", "tcp", 443)
 MARK = ServiceKey.mark(0x3039)
 BACKEND = Dest("10.244.1.5", 8080)
+STATS_WAIT_S = 15.0
 
 
 @pytest.fixture
@@ -187,7 +190,13 @@ async def test_service_stats_count_real_connections(
     finally:
         server.kill()
         server.wait()
-    service, stats = (await real.service_stats())[VIP]
+    # The kernel folds its per-CPU counters into the reported ones every 2 s (the estimator).
+    deadline = time.monotonic() + STATS_WAIT_S
+    while True:
+        service, stats = (await real.service_stats())[VIP]
+        if stats.conns or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
     assert service.key == VIP and stats.conns == 1 and stats.packets_in > 0
 
 
