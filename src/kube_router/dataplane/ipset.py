@@ -363,21 +363,21 @@ class Transaction:
         """Create a set that does not exist yet and add ``entries`` (normalised, deduplicated).
 
         Only for a set absent from the kernel: an existing one would keep its old members."""
-        canonical = sorted({normalize_entry(spec.type, spec.family, e) for e in entries})
-        self.create(spec)
+        return self.create(spec)._add_all(spec, entries)
+
+    def _add_all(self, spec: SetSpec, entries: Iterable[str]) -> Transaction:
+        """``add`` lines for ``entries`` (normalised once each, deduplicated, sorted)."""
         prefix = f"add {spec.name} "
-        self.lines.extend(prefix + e for e in canonical)
+        canonical = {normalize_entry(spec.type, spec.family, e) for e in entries}
+        self.lines.extend(prefix + e for e in sorted(canonical))
         return self
 
     def replace(self, spec: SetSpec, entries: Iterable[str]) -> Transaction:
         """Make ``spec.name`` hold exactly ``entries``, never visibly empty or partial: fill the
         temporary set, create the real one (no-op when it exists), swap, drop the temporary."""
         tmp = spec.renamed(tmp_name(spec))
-        canonical = sorted({normalize_entry(spec.type, spec.family, e) for e in entries})
         self.create(tmp).flush(tmp.name)  # flush: a TMP- set left by a crash may hold entries
-        prefix = f"add {tmp.name} "
-        self.lines.extend(prefix + e for e in canonical)
-        self.create(spec).swap(tmp.name, spec.name).destroy(tmp.name)
+        self._add_all(tmp, entries).create(spec).swap(tmp.name, spec.name).destroy(tmp.name)
         return self
 
 

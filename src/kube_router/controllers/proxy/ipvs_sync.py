@@ -10,6 +10,7 @@ go the next takes over.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -119,9 +120,7 @@ class IPVSSync:
         """What the kernel holds now, for the next partial sync (drained servers stay)."""
         drained: dict[ServiceKey, dict[tuple[str, int], Dest]] = {}
         for key, dest in plan.drained:
-            drained.setdefault(key, {})[dest.key] = Dest(
-                dest.address, dest.port, 0, *dest.settings()[1:]
-            )
+            drained.setdefault(key, {})[dest.key] = dataclasses.replace(dest, weight=0)
         for op in plan.tx.ops:
             if op.kind == "del-service":
                 self.applied.pop(op.service.key, None)

@@ -8,6 +8,7 @@ ones are handed back too, so their conntrack entries can be flushed.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -61,15 +62,11 @@ def _sync_dests(
             continue
         if graceful:
             if dest.weight != 0:
-                plan.tx.edit_dest(key, _weightless(dest))
+                plan.tx.edit_dest(key, dataclasses.replace(dest, weight=0))
             plan.drained.append((key, dest))
         else:
             plan.tx.del_dest(key, *dkey)
             plan.removed.append((key, dest))
-
-
-def _weightless(dest: Dest) -> Dest:
-    return Dest(dest.address, dest.port, 0, *dest.settings()[1:])
 
 
 def plan_ipvs(
