@@ -28,6 +28,10 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 
 
 async def check_both(c: Cluster, denied_v6: set[Cell], denied_v4: set[Cell]) -> None:
+    # Forget the previous step's flows: a UDP probe that happens to reuse an earlier probe's
+    # source port would ride that conntrack entry past a policy that now denies it.
+    for family in ("ipv4", "ipv6"):
+        await c.node_run("conntrack", "-F", "-f", family)
     await c.check(denied_v6, family="ipv6")
     await c.check(denied_v4, family="ipv4")
 
