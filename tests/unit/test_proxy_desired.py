@@ -341,3 +341,13 @@ def test_a_clash_between_services_goes_to_the_first_by_name() -> None:
     merged = merge({"x/web": one, "x/aaa": two})
     assert merged.virtual[ServiceKey.of("10.96.0.10", "tcp", 80)].owner == "x/aaa:http"
     assert list(merged.errors) == ["x/web"]
+
+
+def test_local_endpoints_and_health_check_answer() -> None:
+    svc = service({"type": "LoadBalancer", "healthCheckNodePort": 31999})
+    terminating = ("10.244.1.6", NODE, {"ready": False, "serving": True, "terminating": True})
+    slices = [endpoint_slice(LOCAL_EP, REMOTE_EP, terminating)]
+    plan = plan_service(svc, service_endpoints(slices, NODE), NODE_ADDRS, BOTH)
+    assert plan.local_endpoints == {"10.244.1.5", "10.244.1.6"}
+    assert plan.local_serving == 1
+    assert plan.health_check_port == 31999

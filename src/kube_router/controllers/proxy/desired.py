@@ -56,6 +56,9 @@ class ServicePlan:
     dummy_ips: set[str] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
     options: opt.ServiceOptions = field(default_factory=opt.ServiceOptions)
+    local_endpoints: frozenset[str] = frozenset()  # addresses of usable endpoints on this node
+    local_serving: int = 0  # local endpoints not terminating (health-check NodePort answer)
+    health_check_port: int = 0  # spec.healthCheckNodePort
 
 
 def _dests(
@@ -139,6 +142,10 @@ def plan_service(
     b = _Builder(svc, settings, node)
     if not opt.is_ours(svc):
         return b.plan
+    local = [e for eps in endpoints.values() for e in eps if e.local]
+    b.plan.local_endpoints = frozenset(e.address for e in local)
+    b.plan.local_serving = len({e.address for e in local if not e.terminating})
+    b.plan.health_check_port = svc.spec.health_check_node_port
     external, errors = opt.external_ips(svc, settings.ranges)
     lbs, lb_errors = opt.lb_ips(svc, b.opts, settings.ranges)
     b.plan.errors += errors + lb_errors
