@@ -108,3 +108,23 @@ async def test_a_refusal_raises_and_forgets_the_record(fake: FakeIPVS) -> None:
     assert sync.applied == {}
     await sync.sync(full=True)
     assert await kernel(fake) == {"tcp/10.96.0.1:80": {"10.244.1.5"}}
+
+
+async def test_a_drained_server_deleted_outside_is_forgotten_and_one_back_is_wanted(
+    fake: FakeIPVS,
+) -> None:
+    sync = IPVSSync(fake, Settings(), NODE, graceful=True)
+    sync.update("x/a", svc("a", "10.96.0.1"), eps("10.244.1.5", "10.244.1.6"))
+    await sync.sync(full=True)
+    sync.update("x/a", svc("a", "10.96.0.1"), eps("10.244.1.5"))
+    drained = (await sync.sync(full=False)).plan.drained
+    key, dest = drained[0]
+    assert not sync.wanted(key, dest)
+    await fake.apply(Transaction().del_dest(key, dest.address, dest.port))
+    sync.forget(drained)
+    sync.update("x/a", svc("a", "10.96.0.1"), eps("10.244.1.5"))
+    assert len((await sync.sync(full=False)).plan.tx) == 0  # nothing left to drain
+    sync.update("x/a", svc("a", "10.96.0.1"), eps("10.244.1.5", "10.244.1.6"))
+    assert sync.wanted(key, dest)
+    await sync.sync(full=False)
+    assert await kernel(fake) == {str(key): {"10.244.1.5", "10.244.1.6"}}

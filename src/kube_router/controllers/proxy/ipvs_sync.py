@@ -116,6 +116,18 @@ class IPVSSync:
         self._record(desired, plan)
         return SyncResult(plan, full, self.errors())
 
+    def forget(self, removed: Iterable[tuple[ServiceKey, Dest]]) -> None:
+        """Real servers deleted outside a sync (the graceful-termination queue)."""
+        for key, dest in removed:
+            entry = self.applied.get(key)
+            if entry is not None:
+                entry[1].pop(dest.key, None)
+
+    def wanted(self, key: ServiceKey, dest: Dest) -> bool:
+        """Whether the winning plan of ``key`` still has ``dest`` (a drained server came back)."""
+        owners = self.claims.get(key)
+        return bool(owners) and dest.key in self.plans[min(owners)].virtual[key].dests
+
     def _record(self, desired: Mapping[ServiceKey, VirtualService], plan: Plan) -> None:
         """What the kernel holds now, for the next partial sync (drained servers stay)."""
         drained: dict[ServiceKey, dict[tuple[str, int], Dest]] = {}
