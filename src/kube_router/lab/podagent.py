@@ -6,7 +6,7 @@ Run inside a pod's network namespace. It answers every TCP connection on its por
 without starting a process per probe.
 
 Control protocol: one JSON object per line, ``{"dst": ip, "proto": "tcp"|"udp", "port": n,
-"timeout": s}`` → ``{"ok": bool, "peer": name-or-null, "error": text}``.
+"timeout": s, "sport": n (UDP only, optional)}`` → ``{"ok": bool, "peer": name-or-null, "error": text}``.
 """
 
 from __future__ import annotations
@@ -63,11 +63,13 @@ async def probe_tcp(dst: str, port: int, timeout: float) -> str:
     return data[3:].decode().strip()
 
 
-async def probe_udp(dst: str, port: int, timeout: float) -> str:
+async def probe_udp(dst: str, port: int, timeout: float, sport: int = 0) -> str:
+    """One datagram and its answer; a fixed ``sport`` keeps successive probes one flow."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    local = ("::" if family == socket.AF_INET6 else "0.0.0.0", sport) if sport else None
     transport, proto = await loop.create_datagram_endpoint(
-        _UDPProbe, remote_addr=(dst, port), family=family
+        _UDPProbe, remote_addr=(dst, port), local_addr=local, family=family, reuse_port=bool(sport)
     )
     try:
         transport.sendto(b"ping")
@@ -81,9 +83,12 @@ async def probe_udp(dst: str, port: int, timeout: float) -> str:
 
 async def _probe(req: dict[str, Any]) -> dict[str, Any]:
     timeout = float(req.get("timeout", DEFAULT_TIMEOUT_S))
-    func = probe_tcp if req["proto"] == "tcp" else probe_udp
+    dst, port = str(req["dst"]), int(req["port"])
     try:
-        peer = await func(str(req["dst"]), int(req["port"]), timeout)
+        if req["proto"] == "tcp":
+            peer = await probe_tcp(dst, port, timeout)
+        else:
+            peer = await probe_udp(dst, port, timeout, int(req.get("sport", 0)))
     except (OSError, TimeoutError, ConnectionError) as err:
         return {"ok": False, "peer": None, "error": f"{type(err).__name__}: {err}"}
     return {"ok": True, "peer": peer, "error": ""}

@@ -198,6 +198,20 @@ class PodNetwork:
             await asyncio.sleep(0.05)
         raise TimeoutError(f"pod agent {pod.key} did not start")
 
+    async def ask(
+        self, src: LabPod, dst: str, proto: str, port: int, timeout: float = 1.0, sport: int = 0
+    ) -> str | None:
+        """Which pod answers ``src`` on ``dst`` (any address, a VIP too); None: nobody."""
+        reader, writer = await asyncio.open_unix_connection(str(src.control))
+        try:
+            req = {"dst": dst, "proto": proto, "port": port, "timeout": timeout, "sport": sport}
+            writer.write(json.dumps(req).encode() + b"\n")
+            await writer.drain()
+            answer = json.loads(await reader.readline())
+        finally:
+            writer.close()
+        return str(answer["peer"]) if answer["ok"] else None
+
     async def probe(
         self,
         src: LabPod,
