@@ -407,7 +407,65 @@ def _addr_port(args: tuple[str, ...], ctx: Ctx) -> tuple[str, ...]:
     return args
 
 
+_IPVS_DIRS = ("ORIGINAL", "REPLY")
+_IPVS_METHODS = ("GATE", "IPIP", "MASQ")
+_IPVS_PROTOS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58}
+_IPVS_PROTO_MAX = 255
+
+
+def _word(allowed: tuple[str, ...], what: str) -> Canon:
+    """A keyword taken in any case and printed in upper case (``--vdir``, ``--vmethod``)."""
+
+    def canon(args: tuple[str, ...], _ctx: Ctx) -> tuple[str, ...]:
+        if args[0].upper() not in allowed:
+            raise ValueError(f'Bad value for "--{what}" option: "{args[0]}"')
+        return (args[0].upper(),)
+
+    return canon
+
+
+def _vproto(args: tuple[str, ...], _ctx: Ctx) -> tuple[str, ...]:
+    """A protocol by name or number, printed as its number."""
+    text = args[0].lower()
+    number = int(text) if text.isdigit() else _IPVS_PROTOS.get(text, -1)
+    if not 0 <= number <= _IPVS_PROTO_MAX:
+        raise ValueError(f'unknown protocol "{args[0]}" specified')
+    return (str(number),)
+
+
+def _vaddr(args: tuple[str, ...], ctx: Ctx) -> tuple[str, ...]:
+    """``ADDR[/LEN|/MASK]``: host bits are kept, a full mask is not printed."""
+    from kube_router.dataplane.iptables_rule import parse_address  # noqa: PLC0415 (cycle)
+
+    host, _, _mask = args[0].partition("/")
+    net = parse_address(args[0], ctx.family)
+    addr = parse_address(host, ctx.family).network_address
+    if net.prefixlen == net.max_prefixlen:
+        return (str(addr),)
+    return (f"{addr}/{net.prefixlen}",)
+
+
+def _vport(args: tuple[str, ...], _ctx: Ctx) -> tuple[str, ...]:
+    port = parse_port(args[0])
+    if port == 0:
+        raise ValueError("port 0 (accepted by iptables, refused by the fake)")
+    return (str(port),)
+
+
+def _ipvs_post(opts: dict[str, Opt], _ctx: Ctx, _p: tuple[bool, str] | None) -> dict[str, Opt]:
+    """Any other option implies ``--ipvs``, which iptables-save then leaves out."""
+    if not opts:
+        raise RuleError("IPVS: At least one option is required")
+    flag = opts.get("ipvs")
+    if flag is None or len(opts) == 1:
+        return opts
+    if flag.neg:
+        raise RuleError("! --ipvs cannot be together with other options")
+    return {k: v for k, v in opts.items() if k != "ipvs"}
+
+
 _NAT_ONLY = ("nat",)
+_NAT_FLAGS = ("random", "random-fully", "persistent")  # in iptables-save's order
 _L4 = frozenset({"tcp", "udp", "sctp"})
 _STR = OptSpec(negatable=False, quoted=True)
 
@@ -440,6 +498,18 @@ MATCHES: dict[str, ModuleSpec] = {
             "limit-burst": OptSpec(negatable=False, canon=_burst),
         },
         post=_limit_post,
+    ),
+    "ipvs": ModuleSpec(
+        {
+            "ipvs": OptSpec(nargs=0),
+            "vproto": OptSpec(canon=_vproto),
+            "vaddr": OptSpec(canon=_vaddr),
+            "vport": OptSpec(canon=_vport),
+            "vdir": OptSpec(negatable=False, canon=_word(_IPVS_DIRS, "vdir")),
+            "vmethod": OptSpec(canon=_word(_IPVS_METHODS, "vmethod")),
+            "vportctl": OptSpec(canon=_vport),
+        },
+        post=_ipvs_post,
     ),
     "icmp": ModuleSpec(
         {"icmp-type": OptSpec(canon=_icmp_type(_ICMP_NAMES))},
@@ -490,7 +560,10 @@ TARGETS: dict[str, ModuleSpec] = {
     ),
     "MASQUERADE": ModuleSpec({}, tables=_NAT_ONLY),
     "SNAT": ModuleSpec(
-        {"to-source": OptSpec(negatable=False, canon=_addr_port)},
+        {
+            "to-source": OptSpec(negatable=False, canon=_addr_port),
+            **{n: OptSpec(nargs=0, negatable=False) for n in _NAT_FLAGS},
+        },
         tables=_NAT_ONLY,
         required=("to-source",),
     ),
