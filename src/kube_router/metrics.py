@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import (
@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 NAMESPACE = "kube_router"
 HEARTBEAT_INTERVAL_S = 3.0
 SYNC_PERIOD_S = 5.0
+
+# Exposition text a controller produces at scrape time from an asynchronous read (the IPVS
+# counters). Text rather than a Collector: upstream's Go counters such as
+# kube_router_service_bytes_in carry no _total suffix, and prometheus_client's text format always
+# adds one to a counter family; the hook writes those families as Go does.
+ScrapeHook = Callable[[], Awaitable[bytes]]
 
 
 class Metrics:
@@ -53,9 +59,29 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self._scrape_hooks: list[ScrapeHook] = []
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def add_scrape_hook(self, hook: ScrapeHook) -> None:
+        """Run ``hook`` on every scrape; its text is served after the registry's."""
+        self._scrape_hooks.append(hook)
+
+    def remove_scrape_hook(self, hook: ScrapeHook) -> None:
+        if hook in self._scrape_hooks:
+            self._scrape_hooks.remove(hook)
+
+    async def scrape(self) -> bytes:
+        """What a scrape serves. Hooks run first, so what they observe in the registry shows
+        now; a failing hook is logged and the rest is still served."""
+        extra: list[bytes] = []
+        for hook in list(self._scrape_hooks):
+            try:
+                extra.append(await hook())
+            except Exception:
+                log.exception("metrics: scrape hook %s failed", getattr(hook, "__qualname__", hook))
+        return self.render() + b"".join(extra)
 
 
 class MetricsServer(HTTPServer):
@@ -67,7 +93,7 @@ class MetricsServer(HTTPServer):
         self.path = path or "/metrics"
 
     async def _handle(self, _request: web.Request) -> web.Response:
-        body = self.metrics.render()
+        body = await self.metrics.scrape()
         self.metrics.handler_requests.labels(code="200").inc()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
