@@ -203,3 +203,17 @@ PODS = [
 )
 def test_grace_period_by_endpoint_ip(ip: str, expected: float) -> None:
     assert grace_period(PODS, ip, 7.0) == expected
+
+
+async def test_scan_applies_what_is_due() -> None:
+    fake = await kernel(EP, EP2)
+    set_conns(fake, EP, 0, 0)
+    set_conns(fake, EP2, 0, 4)
+    q = GracefulQueue(FakeClock(), PERIOD)
+    q.add(KEY, EP)
+    q.add(KEY, EP2)
+    writes = fake.applied
+    assert deleted(await q.scan(fake)) == [(KEY, EP.address, EP.port)]
+    assert set(fake.services[KEY].dests) == {EP2.key}
+    assert deleted(await q.scan(fake)) == []
+    assert fake.applied == writes + 1  # nothing due: no write at all

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from kube_router.controllers.sync import Clock
-from kube_router.dataplane.ipvs import Dest, ServiceKey, ServiceState, Transaction
+from kube_router.dataplane.ipvs import IPVS, Dest, ServiceKey, ServiceState, Transaction
 from kube_router.k8s.models import Pod
 
 log = logging.getLogger(__name__)
@@ -137,4 +137,16 @@ class GracefulQueue:
                     item.dest.port,
                     "no connections left" if idle else f"{item.period:.0f}s passed",
                 )
+        return tx
+
+    async def scan(self, port: IPVS) -> Transaction:
+        """One pass (every :data:`GRACEFUL_SCAN_S`): dump IPVS, apply :meth:`due`, return it.
+
+        An :class:`~kube_router.dataplane.ipvs.IPVSError` from the apply propagates; the
+        entries are forgotten all the same (as upstream), and a full sync drains and queues
+        again whatever is left.
+        """
+        tx = self.due(await port.dump())
+        if tx.ops:
+            await port.apply(tx)
         return tx
