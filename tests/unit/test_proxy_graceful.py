@@ -217,3 +217,12 @@ async def test_scan_applies_what_is_due() -> None:
     assert set(fake.services[KEY].dests) == {EP2.key}
     assert deleted(await q.scan(fake)) == []
     assert fake.applied == writes + 1  # nothing due: no write at all
+    await fake.apply(Transaction().del_service(KEY))
+    await q.scan(fake)
+    assert len(q) == 0
+    assert len(await GracefulQueue(FakeClock(), PERIOD).scan(FailingDump())) == 0
+
+
+class FailingDump(FakeIPVS):
+    async def dump(self) -> dict[ServiceKey, ipvs.ServiceState]:
+        raise AssertionError("an empty queue dumped IPVS")

@@ -146,6 +146,8 @@ class GracefulQueue:
         entries are forgotten all the same (as upstream), and a full sync drains and queues
         again whatever is left.
         """
+        if not self._pending:
+            return Transaction()  # nothing queued: not even a dump
         tx = self.due(await port.dump())
         if tx.ops:
             await port.apply(tx)
