@@ -1,0 +1,99 @@
+"""The proxy benchmark at a tiny scale, so that it cannot rot: its cluster, its agent over the
+fake, its report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from kube_router.dataplane import ipvs
+from kube_router.dataplane.ipvs_fake import FakeIPVS
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "proxy.py"
+
+
+@pytest.fixture(scope="module")
+def proxy() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_proxy", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("i", "virtual"),
+    [(0, ["tcp/10.96.0.2:80", "tcp/172.16.0.2:30000"]),
+     (1, ["tcp/10.96.0.3:443", "tcp/10.96.0.3:80"]),
+     (2, ["tcp/10.96.0.4:80"]), (13, ["tcp/10.96.0.15:80"])],
+)  # fmt: skip
+async def test_every_shape_gives_ten_real_servers(
+    proxy: ModuleType, i: int, virtual: list[str]
+) -> None:
+    cluster = proxy.Cluster.make(0.002)  # 20 Services
+    fake = FakeIPVS()
+    await proxy.cold_sync(cluster, fake)
+    tables = ipvs.plain(await fake.dump())
+    ours = {str(k): dests for k, (_, dests) in tables.items() if str(k) in virtual}
+    assert sorted(ours) == virtual
+    assert sum(len(d) for d in ours.values()) == proxy.ENDPOINTS_PER_SERVICE
+    assert len(tables) == 24 and sum(len(d) for _, d in tables.values()) == 200
+
+
+@pytest.mark.parametrize(("j", "lost", "new"), [(0, 0, 1), (1, 1, 0), (2, 1, 1)])
+def test_a_change_adds_removes_or_replaces_one_endpoint(
+    proxy: ModuleType, j: int, lost: int, new: int
+) -> None:
+    cluster = proxy.Cluster.make(0.001)  # 10 Services, 5 or 10 endpoints each
+    i = random.Random(7).randrange(cluster.n)  # the Service change() picks with the same seed
+    before = {proxy.pod_ip(n) for n in cluster.pods[i]}
+    es = cluster.change(j, random.Random(7))
+    after = {e.addresses[0] for e in es.endpoints}
+    assert es.metadata.labels[proxy.SERVICE_NAME_LABEL] == f"svc-{i}"
+    assert (len(before - after), len(after - before)) == (lost, new)
+
+
+async def test_changes_through_the_agent_match_a_fresh_cold_sync(proxy: ModuleType) -> None:
+    cluster = proxy.Cluster.make(0.003)
+    fake = FakeIPVS()
+    agent, cold = await proxy.cold_sync(cluster, fake)
+    assert cold["ops"] == 30 * 11 + 6  # each Service: 10 real servers; shapes 0 and 1: 2 services
+    got = await proxy.changes(agent, cluster, 12)
+    assert all(ms > 0 for ms in got["handed"]) and min(got["ops"]) >= 1
+    assert ipvs.plain(await fake.dump()) == await proxy.expected_tables(cluster)
+    assert proxy.normal(agent.sync.applied) == proxy.normal(ipvs.plain(await fake.dump()))
+
+
+def test_the_vm_slowdown_scales_the_kernel_figures(proxy: ModuleType) -> None:
+    result = {"cold_handed_s": 2.0}
+    vm = {
+        "ref_compute_s": 40.0,
+        "kernel_cold_port_s": 10.0,
+        "kernel_cold_handed_s": 44.0,
+        "kernel_change_p50_ms": 8.0,
+    }
+    proxy.add_vm_figures(result, vm)
+    assert result["vm_slowdown"] == 20.0
+    assert result["kernel_cold_port_s_native_est"] == 0.5
+    assert result["kernel_change_p50_ms_native_est"] == 0.4
+
+
+def test_main_reports_a_table_and_json(
+    proxy: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert proxy.main(["--scale", "0.01", "--runs", "2", "--changes", "9", "--json"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "| Measure | Bar | Result |" in out
+    assert any(line.startswith("| Services / virtual services / real servers |") for line in out)
+    figures = json.loads(out[-1])
+    assert figures["services"] == 100 and figures["virtual_services"] == 120
+    assert figures["real_servers"] == 1000 and figures["tables_match"] is True
+    assert figures["rss_agent_mib"] >= figures["rss_base_mib"] > 0
+    assert len(figures["cold_handed_runs_s"]) == 2
