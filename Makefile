@@ -40,6 +40,7 @@ fmt-check: setup ## check formatting without changing files
 bench: setup ## run the benchmarks under bench/ (figures go into docs/benchmarks.md; netpol needs root)
 	$(PY) bench/informer.py
 	$(PY) bench/netpol.py
+	$(PY) bench/proxy.py
 
 demo: setup ## start a lab cluster on this machine (API server + nodes in netns + agents)
 	$(PY) -m kube_router.lab.demo up
