@@ -369,7 +369,7 @@ class VipManager:
         if failures:
             self._applied = None  # unknown: the next sync must read the kernel
             raise VipOpError(failures)
-        new_v6 = {vip for vip in plan.added | plan.repaired if family_of(vip) == "ipv6"}
+        new_v6 = {vip for vip in plan.added if family_of(vip) == "ipv6"}
         await self._settle_v6(index, new_v6, want)
         self._applied = dict(want)
         delta = plan.delta()
