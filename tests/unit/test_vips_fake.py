@@ -98,6 +98,27 @@ async def test_a_full_sync_repairs_what_was_changed_outside(
     assert await links.state() == before
 
 
+async def test_an_address_deleted_under_its_surviving_route_comes_back_clean(
+    links: FakeVipLinks,
+) -> None:
+    """IPv4: deleting one of several addresses leaves our route (the kernel deletes only its
+    own); re-adding the address makes the kernel append its own again, which goes."""
+    await links.sync(wanted(A, B), SRC, full=True)
+    before = await links.state()
+    links.netns.del_address(DUMMY_IF, A)
+    assert [r.prefsrc for r in vip_routes(links, A)] == [NODE4]
+    assert (await links.sync(wanted(A, B), SRC, full=True)).added == {A}
+    assert await links.state() == before
+
+
+async def test_the_last_ipv4_address_takes_every_ipv4_route_of_the_link(
+    links: FakeVipLinks,
+) -> None:
+    await links.sync(wanted(A, A6), SRC, full=True)
+    links.netns.del_address(DUMMY_IF, A)
+    assert vip_routes(links, A) == [] and len(vip_routes(links, A6)) == 1
+
+
 async def test_a_foreign_address_on_the_link_is_removed(links: FakeVipLinks) -> None:
     await links.sync(wanted(A), SRC, full=True)
     links.netns.add_address(DUMMY_IF, C)

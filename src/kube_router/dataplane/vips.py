@@ -282,6 +282,13 @@ def plan_full(
         Op("replace-route", route=vip_route(index, vip, want[vip]))
         for vip in sorted(want.keys() - good)
     ]
+    # An IPv4 address added back under our surviving route (deleted from outside while other
+    # addresses stayed) makes the kernel append its own route behind ours: delete that one.
+    plan.ops += [
+        Op("del-route", route=Route(vip, 32, index, prefsrc=vip))
+        for vip in sorted(plan.added & good)
+        if family_of(vip) == "ipv4"
+    ]
     return plan
 
 

@@ -18,8 +18,6 @@ from kube_router.dataplane.ipvs import Family, canonical_ip, family_of
 from kube_router.dataplane.vips import (
     RT_SCOPE_HOST,
     RT_SCOPE_UNIVERSE,
-    RT_TABLE_LOCAL,
-    RTN_LOCAL,
     Addr,
     Link,
     Op,
@@ -174,16 +172,14 @@ class FakeNetns:
             kernel = Route(addr.address, 128, addr.index, scope=RT_SCOPE_UNIVERSE)
             self.routes = [r for r in self.routes if r != kernel]
             return
-        for r in self.routes:  # the first local route of the address through the link
-            if (r.table, r.type, r.dst, r.dst_len, r.oif) == (
-                RT_TABLE_LOCAL,
-                RTN_LOCAL,
-                addr.address,
-                32,
-                addr.index,
-            ):
-                self.routes.remove(r)
-                return
+        # The kernel's own local route (sourced from the address); ours, sourced from the
+        # node IP, stays unless that was the link's last IPv4 address (then IP is disabled on
+        # the link and every IPv4 route through it goes).
+        kernel = Route(addr.address, 32, addr.index, prefsrc=addr.address)
+        if kernel in self.routes:
+            self.routes.remove(kernel)
+        if not any(a.index == addr.index and a.family == "ipv4" for a in self.addrs):
+            self.routes = [r for r in self.routes if r.oif != addr.index or r.family != "ipv4"]
 
     def _check_prefsrc(self, route: Route) -> None:
         if not route.prefsrc:

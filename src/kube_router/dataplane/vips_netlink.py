@@ -25,6 +25,7 @@ from kube_router.dataplane.vips import Addr, Link, Op, Route, VipError, VipManag
 NETLINK_ROUTE: Final = 0
 NETLINK_CAP_ACK: Final = 10
 SOL_NETLINK: Final = 270
+SO_RCVBUFFORCE: Final = 33  # not in Python's socket module
 CLONE_NEWNET: Final = 0x40000000
 NLM_F_REQUEST: Final = 0x1
 NLM_F_MULTI: Final = 0x2
@@ -51,7 +52,10 @@ _NLMSG: Final = struct.Struct("=IHHII")
 _IFINFO: Final = struct.Struct("=BxHiII")
 _IFADDR: Final = struct.Struct("=BBBBI")
 _RTMSG: Final = struct.Struct("=BBBBBBBBI")
-BATCH_BYTES: Final = 32 * 1024
+# Requests per sendto. Each acknowledgement is a socket buffer of about a kilobyte of the
+# receive buffer's budget (net.core.rmem_max, 208 KiB by default, unless forced as root): more
+# than a couple of hundred unread acknowledgements and the kernel drops them (ENOBUFS).
+BATCH_OPS: Final = 128
 RCVBUF: Final = 4 * 1024 * 1024
 RECV_BYTES: Final = 1024 * 1024
 
@@ -207,7 +211,10 @@ def open_socket(netns: str | None) -> socket.socket:
 
 def _new_socket() -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)  # beyond rmem_max
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
     sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
     sock.bind((0, 0))
     return sock
@@ -256,7 +263,7 @@ class RtnlSocket:
                 seq = self._next_seq()
                 buf += encode(op, seq)
                 pending[seq] = op
-                if len(buf) >= BATCH_BYTES:
+                if len(pending) >= BATCH_OPS:
                     self._flush(buf, pending, failures)
             self._flush(buf, pending, failures)
             return failures
@@ -290,6 +297,15 @@ class NetlinkKernel:
             self._sock = RtnlSocket(self.netns)
         return self._sock
 
+    def _call(self, what: str, work: Callable[[RtnlSocket], T]) -> T:
+        """``work`` on the socket; a socket error closes it (a fresh one next time: no reply
+        of the failed exchange can be mistaken for another's)."""
+        try:
+            return work(self._socket())
+        except OSError as err:
+            self.close()
+            raise NetlinkError(f"rtnetlink {what}: {err}") from err
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
@@ -297,7 +313,7 @@ class NetlinkKernel:
 
     async def _dump(self, kind: int, body: bytes, decode: Callable[[bytes], T]) -> list[T]:
         def run() -> list[T]:
-            return [decode(b) for b in self._socket().dump(kind, body)]
+            return [decode(b) for b in self._call(f"dump {kind}", lambda s: s.dump(kind, body))]
 
         return await asyncio.to_thread(run)
 
@@ -314,7 +330,8 @@ class NetlinkKernel:
     async def apply(self, ops: Sequence[Op]) -> list[tuple[Op, int]]:
         if not ops:
             return []
-        return await asyncio.to_thread(self._socket().run_ops, list(ops))
+        batch = list(ops)
+        return await asyncio.to_thread(self._call, "batch", lambda s: s.run_ops(batch))
 
 
 class RealVipLinks(VipManager):
