@@ -607,3 +607,15 @@ def test_kernel_layout_recognises_only_our_postrouting_rules() -> None:
     )
     got = fwp.kernel_layout("ipv4", None, table, {}).postrouting
     assert got == (rules[1], rules[3])
+
+
+@pytest.mark.parametrize("base", sorted(fwr.BASE_SETS))
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_our_sets_are_kube_routers_but_not_the_policy_controllers(
+    base: str, family: Family
+) -> None:
+    name = fwr.set_name(base, family)
+    assert ipset.owned(name)  # the ipset port lets us write and destroy them
+    assert not ipset.owned(name, npc.SET_PREFIXES)  # NPC neither reads nor cleans them up
+    jump = ipt.Rule.from_spec(fwr.input_jump(family))
+    assert not npc._is_our_jump(jump)  # nor moves or deletes our INPUT jump

@@ -155,18 +155,7 @@ def build_specs(
     rules' SNAT source; a family without one gets none)."""
     cfg = settings or Settings()
     items = list(plans.values() if isinstance(plans, Mapping) else plans)
-    svips: dict[Family, set[str]] = {f: set() for f in FAMILIES}
-    ports: dict[Family, set[tuple[str, str, int]]] = {f: set() for f in FAMILIES}
-    hairpin: dict[Family, set[HairpinRule]] = {f: set() for f in FAMILIES}
-    for plan in items:
-        for key in plan.virtual:
-            if key.fwmark or not key.address:
-                continue  # fwmark (DSR) services: resolved to their address by the caller
-            svips[key.family].add(key.address)
-            proto = PROTOCOL_NAMES.get(key.protocol, str(key.protocol))
-            ports[key.family].add((key.address, proto, key.port))
-        for rule in hairpin_rules(plan, cfg.hairpin):
-            hairpin[_family_of(rule.vip)].add(rule)
+    svips, ports, hairpin = _collect(items, cfg.hairpin)
     flat = (
         [ip for ips in local_ips.values() for ip in ips]
         if isinstance(local_ips, Mapping)
@@ -190,6 +179,27 @@ def build_specs(
         )
         for f in families
     }
+
+
+def _collect(
+    plans: Iterable[ServicePlan], global_hairpin: bool
+) -> tuple[
+    dict[Family, set[str]], dict[Family, set[tuple[str, str, int]]], dict[Family, set[HairpinRule]]
+]:
+    """Every VIP, every VIP with protocol and port, every hairpin rule, per family."""
+    svips: dict[Family, set[str]] = {f: set() for f in FAMILIES}
+    ports: dict[Family, set[tuple[str, str, int]]] = {f: set() for f in FAMILIES}
+    hairpin: dict[Family, set[HairpinRule]] = {f: set() for f in FAMILIES}
+    for plan in plans:
+        for key in plan.virtual:
+            if key.fwmark or not key.address:
+                continue  # fwmark (DSR) services: not in the sets (DSR is not built yet)
+            svips[key.family].add(key.address)
+            proto = PROTOCOL_NAMES.get(key.protocol, str(key.protocol))
+            ports[key.family].add((key.address, proto, key.port))
+        for rule in hairpin_rules(plan, global_hairpin):
+            hairpin[_family_of(rule.vip)].add(rule)
+    return svips, ports, hairpin
 
 
 def _split(addresses: Iterable[str]) -> dict[Family, list[str]]:
