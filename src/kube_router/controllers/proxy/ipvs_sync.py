@@ -126,7 +126,9 @@ class IPVSSync:
     def wanted(self, key: ServiceKey, dest: Dest) -> bool:
         """Whether the winning plan of ``key`` still has ``dest`` (a drained server came back)."""
         owners = self.claims.get(key)
-        return bool(owners) and dest.key in self.plans[min(owners)].virtual[key].dests
+        if not owners:
+            return False
+        return dest.key in self.plans[min(owners)].virtual[key].dests
 
     def _record(self, desired: Mapping[ServiceKey, VirtualService], plan: Plan) -> None:
         """What the kernel holds now, for the next partial sync (drained servers stay)."""
