@@ -25,7 +25,11 @@ from kube_router.controllers.netpol.controller import (
 )
 from kube_router.controllers.netpol.controller import cleanup as netpol_cleanup
 from kube_router.controllers.netpol.names import IPV4, IPV6
+from kube_router.controllers.proxy.controller import ServiceProxyController
+from kube_router.controllers.proxy.ports import ProxyDataplane
+from kube_router.controllers.proxy.ports import cleanup as proxy_cleanup
 from kube_router.dataplane.exec import CommandError, Executor
+from kube_router.dataplane.ipvs import Family
 from kube_router.k8s.client import ApiError, ConfigError, KubeClient
 from kube_router.k8s.informers import CacheSyncTimeoutError, Informers
 from kube_router.node import NodeIdentityError, identify, node_name
@@ -57,7 +61,7 @@ def _pending(name: str, period_attr: str, barrier: str | None = None) -> Control
 # Controller factories by role. The controller issues replace these entries.
 FACTORIES: dict[str, ControllerFactory] = {
     "router": _pending(health.ROUTES, "routes_sync_period", "cni_firewall_setup"),
-    "proxy": _pending(health.SERVICES, "ipvs_sync_period", "proxy_firewall_setup"),
+    "proxy": ServiceProxyController,
     "firewall": NetworkPolicyController,
     "loadbalancer": _pending(health.LOADBALANCER, "loadbalancer_sync_period"),
 }
@@ -264,6 +268,12 @@ async def cleanup(config: Config) -> int:
     except CommandError as err:
         log.error("cleanup: network policy: %s", err)
         status = EXIT_FAILURE
-    for role in ("proxy", "router"):
-        log.info("cleanup: the %s controller is not implemented yet; nothing of it to remove", role)
+    proxy_families: list[Family] = ["ipv4" if f == IPV4 else "ipv6" for f in families]
+    try:
+        await proxy_cleanup(await ProxyDataplane.real(proxy_families))
+        log.info("cleanup: IPVS services, kube-dummy-if, service chains, rules and ipsets removed")
+    except (CommandError, OSError) as err:
+        log.error("cleanup: service proxy: %s", err)
+        status = EXIT_FAILURE
+    log.info("cleanup: the router controller is not implemented yet; nothing of it to remove")
     return status

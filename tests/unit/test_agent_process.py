@@ -50,6 +50,7 @@ async def test_agent_process_stops_cleanly_on_signal(
         "--health-addr=127.0.0.1",
         f"--health-port={unused_tcp_port}",
         "--run-firewall=false",  # the host namespace is not ours to firewall
+        "--run-service-proxy=false",  # nor to proxy
         "-v",
         "1",
         stderr=asyncio.subprocess.PIPE,

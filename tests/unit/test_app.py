@@ -26,9 +26,15 @@ def _node(name: str = "n1", ip: str = "127.0.0.1") -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def no_host_firewall(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unit tests run in the host namespace: the real policy controller must not start here."""
+    """Unit tests run in the host namespace: the real policy controller and service proxy must
+    not start here."""
     monkeypatch.setitem(
         app.FACTORIES, "firewall", app._pending(health.POLICY, "iptables_sync_period")
+    )
+    monkeypatch.setitem(
+        app.FACTORIES,
+        "proxy",
+        app._pending(health.SERVICES, "ipvs_sync_period", "proxy_firewall_setup"),
     )
 
 
@@ -270,7 +276,18 @@ async def test_cleanup_removes_policy_state_through_the_ports(
         return Dataplane({"IPv4": tables}, sets)
 
     monkeypatch.setattr(app.Dataplane, "real", fake_real)
+    proxy_cleaned: list[object] = []
+
+    async def proxy_real(_families: object) -> object:
+        return "proxy-dataplane"
+
+    async def proxy_cleanup(dp: object) -> None:
+        proxy_cleaned.append(dp)
+
+    monkeypatch.setattr(app.ProxyDataplane, "real", proxy_real)
+    monkeypatch.setattr(app, "proxy_cleanup", proxy_cleanup)
     assert await app.cleanup(parse(["--cleanup-config"], {})) == 0
+    assert proxy_cleaned == ["proxy-dataplane"]
     assert tables.chain_names() == ["INPUT", "FORWARD", "OUTPUT"] or "KUBE-ROUTER-INPUT" not in (
         tables.chain_names()
     )

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -76,7 +77,15 @@ def node_objects(topo: netns.Topology) -> list[dict[str, Any]]:
     ]
 
 
+def ipvs_available() -> bool:
+    """Whether this kernel has IPVS (loading the module if it can)."""
+    subprocess.run(["modprobe", "-q", "ip_vs"], check=False, capture_output=True)
+    return Path("/proc/net/ip_vs").exists()
+
+
 def agent_argv(demo: Demo, node: netns.LabNode) -> list[str]:
+    # Without IPVS in the kernel the service proxy cannot run: the demo shows the rest.
+    proxy = [] if ipvs_available() else ["--run-service-proxy=false"]
     return [
         "ip",
         "netns",
@@ -89,6 +98,7 @@ def agent_argv(demo: Demo, node: netns.LabNode) -> list[str]:
         f"--hostname-override={node.name}",
         f"--health-port={HEALTH_PORT}",
         f"--metrics-port={METRICS_PORT}",
+        *proxy,
     ]
 
 

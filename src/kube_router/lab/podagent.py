@@ -6,7 +6,8 @@ Run inside a pod's network namespace. It answers every TCP connection on its por
 without starting a process per probe.
 
 Control protocol: one JSON object per line, ``{"dst": ip, "proto": "tcp"|"udp", "port": n,
-"timeout": s, "sport": n (UDP only, optional)}`` → ``{"ok": bool, "peer": name-or-null, "error": text}``.
+"timeout": s, "sport": n (UDP only, optional)}`` → ``{"ok": bool, "peer": name-or-null,
+"error": text}``.
 """
 
 from __future__ import annotations
