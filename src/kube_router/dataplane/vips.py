@@ -181,12 +181,15 @@ class VipState:
 
 
 class VipLinks(Protocol):
+    """kube-dummy-if and its VIPs (:class:`VipManager` documents each method)."""
+
     async def sync(
         self, wanted: Mapping[Family, Collection[str]], src: Mapping[Family, str], full: bool
     ) -> VipDelta: ...
     async def local_addresses(self) -> dict[Family, set[str]]: ...
     async def delete(self) -> None: ...
     async def state(self) -> VipState | None: ...
+    def close(self) -> None: ...
 
 
 # --- planning ------------------------------------------------------------------------------
@@ -415,6 +418,9 @@ class VipManager:
                 len(pending),
                 self.v6_settle_s,
             )
+
+    def close(self) -> None:
+        """Release the kernel connection (the real adapter's socket); a no-op here."""
 
     async def _find_link(self) -> Link | None:
         return next((link for link in await self.kernel.links() if link.name == DUMMY_IF), None)
