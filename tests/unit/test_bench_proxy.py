@@ -68,21 +68,47 @@ async def test_changes_through_the_agent_match_a_fresh_cold_sync(proxy: ModuleTy
     got = await proxy.changes(agent, cluster, 12)
     assert all(ms > 0 for ms in got["handed"]) and min(got["ops"]) >= 1
     assert ipvs.plain(await fake.dump()) == await proxy.expected_tables(cluster)
-    assert proxy.normal(agent.sync.applied) == proxy.normal(ipvs.plain(await fake.dump()))
+    kernel = {
+        str(key): {dk: (d.forward, d.weight) for dk, d in dests.items()}
+        for key, (_, dests) in ipvs.plain(await fake.dump()).items()
+    }
+    assert proxy.record_tables(agent) == kernel
+
+
+PROC = """IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port Forward Weight ActiveConn InActConn
+TCP  0A600002:0050 rr
+  -> 0A400002:1F90      Masq    1      0          0
+  -> 0A400003:1F90      Masq    0      0          0
+UDP  AC100002:7530 sh
+TCP  0A600003:01BB rr
+  -> 7F000001:20FB      Local   3      0          0
+"""
+
+
+def test_proc_ip_vs_is_read_as_services_and_real_servers(proxy: ModuleType) -> None:
+    assert proxy.parse_proc(PROC) == {
+        "tcp/10.96.0.2:80": {("10.64.0.2", 8080): (0, 1), ("10.64.0.3", 8080): (0, 0)},
+        "udp/172.16.0.2:30000": {},
+        "tcp/10.96.0.3:443": {("127.0.0.1", 8443): (1, 3)},
+    }
 
 
 def test_the_vm_slowdown_scales_the_kernel_figures(proxy: ModuleType) -> None:
-    result = {"cold_handed_s": 2.0}
+    result = {"cold_handed_s": 2.5, "cold_dump_s": 0.5}
     vm = {
-        "ref_compute_s": 40.0,
+        "kernel_cold_dump_s": 4.0,
         "kernel_cold_port_s": 10.0,
         "kernel_cold_handed_s": 44.0,
         "kernel_change_p50_ms": 8.0,
+        "kernel_change_acked_p50_ms": 30.0,
     }
     proxy.add_vm_figures(result, vm)
     assert result["vm_slowdown"] == 20.0
     assert result["kernel_cold_port_s_native_est"] == 0.5
     assert result["kernel_change_p50_ms_native_est"] == 0.4
+    assert result["kernel_change_acked_p50_ms_native_est"] == 1.5
 
 
 def test_main_reports_a_table_and_json(
