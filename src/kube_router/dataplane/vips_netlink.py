@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import ipaddress
 import os
 import socket
 import struct
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final, TypeVar
 
-from kube_router.dataplane.ipvs import Family, canonical_ip, family_of
+from kube_router.dataplane.ipvs import Family, family_of
 from kube_router.dataplane.ipvs_netlink import attr, messages, nested, parse_attrs
 from kube_router.dataplane.vips import Addr, Link, Op, Route, VipError, VipManager
 
@@ -79,7 +80,12 @@ def _ip(address: str) -> bytes:
 
 
 def _ip_text(family: int, data: bytes | None) -> str:
-    return socket.inet_ntop(family, data) if data else ""
+    """The address as :func:`~.ipvs.canonical_ip` spells it ("" for none)."""
+    if not data:
+        return ""
+    if family == socket.AF_INET:
+        return socket.inet_ntop(family, data)
+    return str(ipaddress.IPv6Address(data[:16]))  # inet_ntop spells mapped IPv4 otherwise
 
 
 def _text(data: bytes | None) -> str:
@@ -156,23 +162,21 @@ def decode_addr(body: bytes) -> Addr:
     family, prefixlen, _flags, scope, index = _IFADDR.unpack_from(body)
     a = parse_attrs(body[_IFADDR.size :])
     raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)  # IFA_ADDRESS is the peer on point-to-point
-    return Addr(index, canonical_ip(_ip_text(family, raw)), prefixlen, scope)
+    return Addr(index, _ip_text(family, raw), prefixlen, scope)
 
 
 def decode_route(body: bytes) -> Route:
     family, dst_len, _src_len, _tos, table, protocol, scope, kind, _flags = _RTMSG.unpack_from(body)
     a = parse_attrs(body[_RTMSG.size :])
-    dst = _ip_text(family, a.get(RTA_DST))
-    src = _ip_text(family, a.get(RTA_PREFSRC))
     return Route(
-        canonical_ip(dst) if dst else "",
+        _ip_text(family, a.get(RTA_DST)),
         dst_len,
         _uint(a.get(RTA_OIF)),
         _uint(a.get(RTA_TABLE)) or table,
         kind,
         protocol,
         scope,
-        canonical_ip(src) if src else "",
+        _ip_text(family, a.get(RTA_PREFSRC)),
         _uint(a.get(RTA_PRIORITY)),
     )
 
