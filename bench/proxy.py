@@ -17,13 +17,15 @@ gives 10 real servers: 12,000 virtual services, 100,000 real servers. Reported:
   sent (and the acknowledgements back);
 - resident memory: VmRSS before anything, with the objects, and with the agent's state after a
   cold sync (its port keeps nothing, as the kernel holds the tables); VmHWM is the peak;
-- ``--vm``: the host figures, then the same in a qemu VM against the real kernel's IPVS
-  (``RealIPVS`` in a fresh network namespace with lo up), the tables checked against the fake's.
-  The cold compute (everything but the port) is the reference workload timed in both; its ratio
-  is the VM's slowdown, by which the VM's kernel figures are divided for a native estimate.
+- ``--vm``: the host figures, then the cold sync and ``--vm-changes`` changes in a qemu VM against
+  the real kernel's IPVS (``RealIPVS`` in a fresh network namespace with lo up);
+  ``/proc/net/ip_vs`` must equal what the agent recorded as applied, after both. The cold compute
+  (everything but the port, pure CPU) timed in both gives the VM's slowdown, by which the VM's
+  kernel figures are divided for a native estimate.
 
-Usage: ``python bench/proxy.py [--scale 1.0] [--runs 3] [--changes 300] [--vm] [--json]
-[--profile cold|change]``. The VM run takes the VM lock (``flock /tmp/kr-vm.lock``).
+Usage: ``python bench/proxy.py [--scale 1.0] [--runs 3] [--changes 300] [--vm] [--vm-changes 200]
+[--json] [--profile cold|change] [--gc-threshold N]``. The VM run waits for the VM lock
+(``flock /tmp/kr-vm.lock``). Figures and findings: ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
