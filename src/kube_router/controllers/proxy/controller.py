@@ -78,6 +78,7 @@ class ServiceProxyController(Controller):
         self.default_grace = float(cfg.ipvs_graceful_period)
         self.queue = graceful.GracefulQueue(self.clock, self.default_grace)
         self._dirty: set[str] = set()
+        self._shapes: dict[str, tuple[Any, ...]] = {}
         self._lock = asyncio.Lock()
         self._reported: dict[str, list[str]] = {}
         self._local: dict[Family, set[str]] = {}
@@ -214,32 +215,52 @@ class ServiceProxyController(Controller):
         if full:
             await self._refresh_node()
             names |= set(self.ctx.informers.services.store.key_list()) | set(self.ipvs.plans)
+        before = {n: self._shapes.get(n) for n in names}
         for name in names:
             self._replan(name)
+            self._note_shape(name)
         result = await self.ipvs.sync(full)
         self._report(result.errors)
-        await self._follow(result, names, full)
+        reshaped = full or any(self._shapes.get(n) != before[n] for n in names)
+        await self._follow(result, reshaped, full)
         elapsed = time.perf_counter() - start
         log.debug("proxy %s sync of %d services: %.3fs", _kind(full), len(names), elapsed)
         if self._errors_gauge is not None:
             self._errors_gauge.set(len(self._reported))
 
-    async def _follow(self, result: SyncResult, names: set[str], full: bool) -> None:
-        """Everything that follows the IPVS state: VIPs, firewall, conntrack, health, drains."""
+    def _note_shape(self, name: str) -> None:
+        """What of a Service's plan the VIPs, the firewall and the health checks follow."""
+        assert self.ipvs is not None
+        plan = self.ipvs.plans.get(name)
+        if plan is None:
+            self._shapes.pop(name, None)
+            return
+        hairpin = firewall.hairpin_rules(plan, self.ctx.config.hairpin_mode)
+        local = plan.local_serving if plan.health_check_port else 0
+        self._shapes[name] = (
+            frozenset(plan.virtual),
+            frozenset(hairpin),
+            plan.health_check_port,
+            local,
+        )
+
+    async def _follow(self, result: SyncResult, reshaped: bool, full: bool) -> None:
+        """What follows the IPVS state: conntrack flushes and drains, and, when a Service's
+        shape changed (not only its real servers), the VIPs, the firewall and health checks."""
         assert self.dataplane is not None and self.ipvs is not None
         dp, plans = self.dataplane, self.ipvs.plans
-        desired = self.ipvs.desired()
-        await dp.vips.sync(_dummy_ips(desired), self.primary(), full)
-        specs = firewall.build_specs(
-            plans.values(), self._local, self.primary(), self._firewall_settings()
-        )
-        await dp.firewall.apply(specs, full)
         for key, _dest in result.plan.removed + result.plan.drained:
             if key.protocol == ipvs.UDP:
                 await dp.flush_udp(key.address, key.port)
         self._queue_drained(result)
-        if names or full:
-            await dp.health.update(_health_ports(plans))
+        if not reshaped:
+            return
+        await dp.vips.sync(_dummy_ips(self.ipvs.desired()), self.primary(), full)
+        specs = firewall.build_specs(
+            plans.values(), self._local, self.primary(), self._firewall_settings()
+        )
+        await dp.firewall.apply(specs, full)
+        await dp.health.update(_health_ports(plans))
 
     def _queue_drained(self, result: SyncResult) -> None:
         """Drained servers wait in the queue; servers wanted again leave it."""
