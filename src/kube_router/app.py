@@ -11,6 +11,7 @@ it cleanly with status 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -41,6 +42,16 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+# The agent keeps large, long-lived object graphs (every Service's plan, every pod's rules):
+# with Python's default 700, collecting them again and again is half of a cold sync at
+# 10,000 Services. Collect the young generation less often; cycles are rare in this code.
+GC_YOUNG_THRESHOLD = 50_000
+GC_OLDER_THRESHOLD = 10
+
+
+def tune_gc() -> None:
+    """The garbage collector's thresholds for the agent (benchmarks call it too)."""
+    gc.set_threshold(GC_YOUNG_THRESHOLD, GC_OLDER_THRESHOLD, GC_OLDER_THRESHOLD)
 
 
 class StartupError(Exception):
@@ -106,6 +117,7 @@ class Agent:
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def run(self) -> int:
+        tune_gc()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)

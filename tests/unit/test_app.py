@@ -310,3 +310,14 @@ async def test_stop_during_cache_sync_is_clean(unused_tcp_port: int) -> None:
     await asyncio.sleep(0.3)
     agent.request_stop()
     assert await asyncio.wait_for(task, 5) == 0
+
+
+def test_tune_gc_collects_the_young_generation_less_often() -> None:
+    import gc
+
+    saved = gc.get_threshold()
+    try:
+        app.tune_gc()
+        assert gc.get_threshold() == (app.GC_YOUNG_THRESHOLD, 10, 10)
+    finally:
+        gc.set_threshold(*saved)

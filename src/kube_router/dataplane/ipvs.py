@@ -218,9 +218,16 @@ class Transaction:
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
+        self._keyed: dict[ServiceKey, Service] = {}  # one bare Service per key for dest ops
 
     def __len__(self) -> int:
         return len(self.ops)
+
+    def _bare(self, key: ServiceKey) -> Service:
+        found = self._keyed.get(key)
+        if found is None:
+            found = self._keyed[key] = Service(key)
+        return found
 
     def add_service(self, service: Service) -> Transaction:
         self.ops.append(Op("add-service", service))
@@ -235,15 +242,15 @@ class Transaction:
         return self
 
     def add_dest(self, key: ServiceKey, dest: Dest) -> Transaction:
-        self.ops.append(Op("add-dest", Service(key), dest))
+        self.ops.append(Op("add-dest", self._bare(key), dest))
         return self
 
     def edit_dest(self, key: ServiceKey, dest: Dest) -> Transaction:
-        self.ops.append(Op("edit-dest", Service(key), dest))
+        self.ops.append(Op("edit-dest", self._bare(key), dest))
         return self
 
     def del_dest(self, key: ServiceKey, address: str, port: int) -> Transaction:
-        self.ops.append(Op("del-dest", Service(key), Dest(address, port)))
+        self.ops.append(Op("del-dest", self._bare(key), Dest(address, port)))
         return self
 
 
@@ -274,13 +281,22 @@ class InvalidOpError(IPVSError):
     """An operation that cannot even be encoded (a bad address, a value out of range)."""
 
 
-def _check_address(address: str, family: Family, what: str) -> None:
+def _address_problem(address: str, family: Family) -> str:
+    """What is wrong with ``address`` as one of ``family`` ("" when nothing)."""
+    if family == "ipv4":
+        try:
+            socket.inet_pton(socket.AF_INET, address)  # the common case, 20 times faster
+        except OSError:
+            pass
+        else:
+            return ""
     try:
         parsed = ipaddress.ip_address(address)
-    except ValueError as err:
-        raise InvalidOpError(f"{what}: not an IP address: {address!r}") from err
+    except ValueError:
+        return f"not an IP address: {address!r}"
     if (parsed.version == 6) != (family == "ipv6"):
-        raise InvalidOpError(f"{what}: {address} is not {family}")
+        return f"{address} is not {family}"
+    return ""
 
 
 def _check_range(value: int, top: int, what: str) -> None:
@@ -290,24 +306,53 @@ def _check_range(value: int, top: int, what: str) -> None:
 
 def validate(ops: Iterable[Op]) -> None:
     """Refuse the whole transaction, before anything is applied, if an operation cannot be
-    encoded; what the kernel refuses (a missing service, an unknown scheduler) comes later."""
+    encoded; what the kernel refuses (a missing service, an unknown scheduler) comes later.
+    Each distinct service is checked once; error texts are built only for a refusal."""
+    seen: set[Service] = set()
     for op in ops:
-        key, where = op.service.key, op.describe()
-        if key.fwmark:
-            _check_range(key.fwmark, U32_MAX, f"{where}: fwmark")
-        else:
-            _check_address(key.address, key.family, where)
-            _check_range(key.port, U16_MAX, f"{where}: port")
-            _check_range(key.protocol, U16_MAX, f"{where}: protocol")
-        if len(op.service.scheduler) > SCHED_NAME_MAX:
-            raise InvalidOpError(f"{where}: scheduler name too long")
-        _check_range(op.service.timeout, U32_MAX, f"{where}: timeout")
+        if op.service not in seen:
+            seen.add(op.service)
+            _check_service(op)
         if op.dest is not None:
-            _check_dest(op.dest, where)
+            _check_dest(op)
 
 
-def _check_dest(d: Dest, where: str) -> None:
-    _check_address(d.address, d.family, where)
+def _check_service(op: Op) -> None:
+    key = op.service.key
+    if key.fwmark:
+        _check_range(key.fwmark, U32_MAX, f"{op.describe()}: fwmark")
+    else:
+        problem = _address_problem(key.address, key.family)
+        if problem:
+            raise InvalidOpError(f"{op.describe()}: {problem}")
+        _check_range(key.port, U16_MAX, f"{op.describe()}: port")
+        _check_range(key.protocol, U16_MAX, f"{op.describe()}: protocol")
+    if len(op.service.scheduler) > SCHED_NAME_MAX:
+        raise InvalidOpError(f"{op.describe()}: scheduler name too long")
+    _check_range(op.service.timeout, U32_MAX, f"{op.describe()}: timeout")
+
+
+def _check_dest(op: Op) -> None:
+    d = op.dest
+    assert d is not None
+    problem = _address_problem(d.address, d.family)
+    if problem:
+        raise InvalidOpError(f"{op.describe()}: {problem}")
+    if (
+        0 <= d.port <= U16_MAX
+        and 0 <= d.weight <= U32_MAX
+        and 0 <= d.u_threshold <= U32_MAX
+        and 0 <= d.l_threshold <= U32_MAX
+        and 0 <= d.tun_type <= U8_MAX
+        and 0 <= d.tun_port <= U16_MAX
+        and 0 <= d.tun_flags <= U16_MAX
+        and d.forward in FWD_METHODS
+    ):
+        return  # the common case: nothing to say
+    _dest_problem(d, op.describe())
+
+
+def _dest_problem(d: Dest, where: str) -> None:
     for value, top, what in (
         (d.port, U16_MAX, "port"),
         (d.weight, U32_MAX, "weight"),

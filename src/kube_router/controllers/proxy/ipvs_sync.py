@@ -55,20 +55,28 @@ class IPVSSync:
         self.claims: dict[ServiceKey, set[str]] = {}
         self.applied: Current = {}
         self.dirty: set[ServiceKey] = set()
+        self._shared: set[ServiceKey] = set()  # keys two or more Services claim
+        self._faulty: set[str] = set()  # Services whose plan has errors
 
     def update(
         self, name: str, svc: K8sService | None, endpoints: Mapping[str, Sequence[EndpointInfo]]
     ) -> None:
         """Replan one Service (None: it is gone); its old and new keys become dirty."""
         old = self.plans.pop(name, None)
+        self._faulty.discard(name)
         for key in old.virtual if old else ():
             self._release(key, name)
         if svc is None:
             return
         plan = plan_service(svc, endpoints, self.node, self.settings)
         self.plans[name] = plan
+        if plan.errors:
+            self._faulty.add(name)
         for key in plan.virtual:
-            self.claims.setdefault(key, set()).add(name)
+            owners = self.claims.setdefault(key, set())
+            owners.add(name)
+            if len(owners) > 1:
+                self._shared.add(key)
             self.dirty.add(key)
 
     def _release(self, key: ServiceKey, name: str) -> None:
@@ -77,6 +85,8 @@ class IPVSSync:
             owners.discard(name)
             if not owners:
                 del self.claims[key]
+            if len(owners) <= 1:
+                self._shared.discard(key)
         self.dirty.add(key)
 
     def desired(self, keys: Iterable[ServiceKey] | None = None) -> dict[ServiceKey, VirtualService]:
@@ -87,8 +97,9 @@ class IPVSSync:
         return {key: self.plans[min(owners)].virtual[key] for key, owners in wanted.items()}
 
     def errors(self) -> dict[str, list[str]]:
-        out = {name: list(plan.errors) for name, plan in self.plans.items() if plan.errors}
-        for key, owners in self.claims.items():
+        out = {name: list(self.plans[name].errors) for name in sorted(self._faulty)}
+        for key in sorted(self._shared, key=str):
+            owners = self.claims[key]
             first = min(owners)
             for name in sorted(owners - {first}):
                 out.setdefault(name, []).append(f"{key} is already used by {first}")
