@@ -1,7 +1,7 @@
 """The proxy's filter rules and ipsets against real iptables (nft and legacy) and ipset.
 
 Each test works in a network namespace of its own. This host has no xt_ipvs, so the specs here
-carry no masquerade or hairpin rules (tests/vm/test_proxy_firewall.py covers nat). The real
+carry no masquerade or hairpin rules (tests/vm/test_proxy_firewall_nat.py covers nat). The real
 kernel must end up exactly as the fakes do, a second apply must write nothing, a VIP change must
 only edit set members, and real packets to a VIP must be accepted or rejected as upstream means.
 """
