@@ -8,13 +8,12 @@ for an acknowledgement, so a failure is matched to its operation by sequence num
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import ipaddress
 import os
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Final, TypeVar
 
 from kube_router.dataplane import ipvs
@@ -31,10 +30,9 @@ from kube_router.dataplane.ipvs import (
     Stats,
     Timeouts,
 )
+from kube_router.dataplane.netlink import BATCH_OPS, in_netns, messages, open_socket, send_batch
 
 NETLINK_GENERIC: Final = 16
-NETLINK_CAP_ACK: Final = 10
-SOL_NETLINK: Final = 270
 GENL_ID_CTRL: Final = 0x10
 CTRL_CMD_GETFAMILY: Final = 3
 CTRL_ATTR_FAMILY_ID: Final = 1
@@ -46,7 +44,6 @@ NLMSG_ERROR: Final = 2
 NLMSG_DONE: Final = 3
 NLA_TYPE_MASK: Final = 0x3FFF
 NLA_F_NESTED: Final = 0x8000
-CLONE_NEWNET: Final = 0x40000000
 
 GENL_NAME: Final = "IPVS"
 GENL_VERSION: Final = 1
@@ -82,8 +79,6 @@ _FAMILY: Final[dict[int, Family]] = {socket.AF_INET: "ipv4", socket.AF_INET6: "i
 _NLMSG: Final = struct.Struct("=IHHII")
 _GENL: Final = struct.Struct("=BBH")
 _NLA: Final = struct.Struct("=HH")
-BATCH_BYTES: Final = 32 * 1024
-RCVBUF: Final = 4 * 1024 * 1024
 RECV_BYTES: Final = 256 * 1024
 V4_FULL_MASK: Final = 0xFFFFFFFF
 
@@ -193,17 +188,6 @@ def parse_attrs(data: bytes) -> Attrs:
     return out
 
 
-def messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
-    """(type, flags, seq, payload) of each netlink message in a receive buffer."""
-    i = 0
-    while i + _NLMSG.size <= len(data):
-        length, kind, flags, seq, _pid = _NLMSG.unpack_from(data, i)
-        if length < _NLMSG.size:
-            break
-        yield kind, flags, seq, data[i + _NLMSG.size : i + length]
-        i += length + (-length % 4)
-
-
 def _uint(data: bytes | None, fmt: str = "=I") -> int:
     return struct.unpack(fmt, data[: struct.calcsize(fmt)])[0] if data else 0
 
@@ -273,41 +257,14 @@ def decode_dest(data: bytes, service_family: Family) -> DestState:
 # --- the socket -------------------------------------------------------------------------------
 
 
-def in_netns(netns: str | None, make: Callable[[], T]) -> T:
-    """``make()`` run in network namespace ``netns`` (a name under /run/netns), in a thread of
-    its own so that no other thread changes namespace. Sockets keep the namespace they were
-    made in."""
-    if netns is None:
-        return make()
-    box: dict[str, T] = {}
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        try:
-            with open(f"/run/netns/{netns}") as target, open("/proc/thread-self/ns/net") as home:
-                if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns into {netns}")
-                try:
-                    box["value"] = make()
-                finally:
-                    libc.setns(home.fileno(), CLONE_NEWNET)
-        except BaseException as err:  # handed to the caller's thread below
-            errors.append(err)
-
-    thread = threading.Thread(target=run, name=f"netns-{netns}")
-    thread.start()
-    thread.join()
-    if errors:
-        raise IPVSError(f"opening a netlink socket in netns {netns}") from errors[0]
-    return box["value"]
-
-
 class GenlSocket:
     """A generic netlink socket bound to the IPVS family (blocking; one user at a time)."""
 
     def __init__(self, netns: str | None = None) -> None:
-        self.sock = in_netns(netns, self._open)
+        try:
+            self.sock = in_netns(netns, lambda: open_socket(NETLINK_GENERIC))
+        except OSError as err:
+            raise IPVSError(f"opening a netlink socket in netns {netns}") from err
         self.seq = 0
         self.lock = threading.Lock()
         try:
@@ -315,14 +272,6 @@ class GenlSocket:
         except OSError as err:
             self.sock.close()
             raise IPVSError("IPVS is not available (no ip_vs module?)") from err
-
-    @staticmethod
-    def _open() -> socket.socket:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        sock.bind((0, 0))
-        return sock
 
     def close(self) -> None:
         self.sock.close()
@@ -393,9 +342,9 @@ class GenlSocket:
                 cmd, payload = op_payload(op)
                 buf += message(self.family_id, NLM_F_REQUEST | NLM_F_ACK, seq, cmd, payload)
                 pending[seq] = op
-                if len(buf) >= BATCH_BYTES:
-                    self._flush(buf, pending, failures)
-            self._flush(buf, pending, failures)
+                if len(pending) >= BATCH_OPS:
+                    send_batch(self.sock, buf, pending, failures, RECV_BYTES)
+            send_batch(self.sock, buf, pending, failures, RECV_BYTES)
             return failures
 
     def request(self, cmd: int, payload: bytes) -> None:
@@ -407,22 +356,6 @@ class GenlSocket:
                 code = struct.unpack_from("=i", body)[0] if kind == NLMSG_ERROR else 0
                 if code:
                     raise IPVSError(f"IPVS command {cmd} failed: {os.strerror(-code)}")
-
-    def _flush(
-        self, buf: bytearray, pending: dict[int, Op], failures: list[tuple[Op, int]]
-    ) -> None:
-        if not buf:
-            return
-        self.sock.send(bytes(buf))
-        buf.clear()
-        while pending:
-            for kind, _flags, seq, body in messages(self.sock.recv(RECV_BYTES)):
-                op = pending.pop(seq, None)
-                if op is None or kind != NLMSG_ERROR:
-                    continue
-                code = struct.unpack_from("=i", body)[0]
-                if code:
-                    failures.append((op, -code))
 
 
 class RealIPVS:

@@ -10,7 +10,6 @@ calls (``asyncio.to_thread``) and, with ``netns``, is opened inside that network
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import ipaddress
 import os
 import socket
@@ -19,15 +18,13 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final, TypeVar
 
+from kube_router.dataplane import netlink
 from kube_router.dataplane.ipvs import Family, family_of
-from kube_router.dataplane.ipvs_netlink import attr, messages, nested, parse_attrs
+from kube_router.dataplane.ipvs_netlink import attr, nested, parse_attrs
+from kube_router.dataplane.netlink import BATCH_OPS, in_netns, messages
 from kube_router.dataplane.vips import Addr, Link, Op, Route, VipError, VipManager
 
 NETLINK_ROUTE: Final = 0
-NETLINK_CAP_ACK: Final = 10
-SOL_NETLINK: Final = 270
-SO_RCVBUFFORCE: Final = 33  # not in Python's socket module
-CLONE_NEWNET: Final = 0x40000000
 NLM_F_REQUEST: Final = 0x1
 NLM_F_MULTI: Final = 0x2
 NLM_F_ACK: Final = 0x4
@@ -53,11 +50,6 @@ _NLMSG: Final = struct.Struct("=IHHII")
 _IFINFO: Final = struct.Struct("=BxHiII")
 _IFADDR: Final = struct.Struct("=BBBBI")
 _RTMSG: Final = struct.Struct("=BBBBBBBBI")
-# Requests per sendto. Each acknowledgement is a socket buffer of about a kilobyte of the
-# receive buffer's budget (net.core.rmem_max, 208 KiB by default, unless forced as root): more
-# than a couple of hundred unread acknowledgements and the kernel drops them (ENOBUFS).
-BATCH_OPS: Final = 128
-RCVBUF: Final = 4 * 1024 * 1024
 RECV_BYTES: Final = 1024 * 1024
 
 T = TypeVar("T")
@@ -185,43 +177,11 @@ def decode_route(body: bytes) -> Route:
 
 
 def open_socket(netns: str | None) -> socket.socket:
-    """An rtnetlink socket, opened in ``netns`` (a name under /run/netns) when given, from a
-    thread of its own so that no other thread changes namespace."""
-    if netns is None:
-        return _new_socket()
-    box: list[socket.socket] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        try:
-            with open(f"/run/netns/{netns}") as target, open("/proc/thread-self/ns/net") as home:
-                if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns into {netns}")
-                try:
-                    box.append(_new_socket())
-                finally:
-                    libc.setns(home.fileno(), CLONE_NEWNET)
-        except BaseException as err:  # handed to the caller's thread below
-            errors.append(err)
-
-    thread = threading.Thread(target=run, name=f"netns-{netns}")
-    thread.start()
-    thread.join()
-    if errors:
-        raise NetlinkError(f"opening an rtnetlink socket in netns {netns}") from errors[0]
-    return box[0]
-
-
-def _new_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    """An rtnetlink socket, opened in ``netns`` (a name under /run/netns) when given."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)  # beyond rmem_max
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-    sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-    sock.bind((0, 0))
-    return sock
+        return in_netns(netns, lambda: netlink.open_socket(NETLINK_ROUTE))
+    except OSError as err:
+        raise NetlinkError(f"opening an rtnetlink socket in netns {netns}") from err
 
 
 class RtnlSocket:
@@ -268,25 +228,9 @@ class RtnlSocket:
                 buf += encode(op, seq)
                 pending[seq] = op
                 if len(pending) >= BATCH_OPS:
-                    self._flush(buf, pending, failures)
-            self._flush(buf, pending, failures)
+                    netlink.send_batch(self.sock, buf, pending, failures, RECV_BYTES)
+            netlink.send_batch(self.sock, buf, pending, failures, RECV_BYTES)
             return failures
-
-    def _flush(
-        self, buf: bytearray, pending: dict[int, Op], failures: list[tuple[Op, int]]
-    ) -> None:
-        if not buf:
-            return
-        self.sock.send(bytes(buf))
-        buf.clear()
-        while pending:
-            for kind, _flags, seq, body in messages(self.sock.recv(RECV_BYTES)):
-                op = pending.pop(seq, None)
-                if op is None or kind != NLMSG_ERROR:
-                    continue
-                code = struct.unpack_from("=i", body)[0]
-                if code:
-                    failures.append((op, -code))
 
 
 class NetlinkKernel:

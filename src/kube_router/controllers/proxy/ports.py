@@ -21,7 +21,8 @@ from kube_router.dataplane import conntrack, ipset, ipvs, sysctl
 from kube_router.dataplane.exec import Executor
 from kube_router.dataplane.iptables import IPTables, RealIPTables, detect_backend
 from kube_router.dataplane.ipvs import IPVS, Family, Timeouts
-from kube_router.dataplane.ipvs_netlink import RealIPVS, in_netns
+from kube_router.dataplane.ipvs_netlink import RealIPVS
+from kube_router.dataplane.netlink import in_netns
 from kube_router.dataplane.vips import DUMMY_IF, VipLinks
 from kube_router.dataplane.vips_netlink import RealVipLinks
 
