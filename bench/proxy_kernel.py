@@ -109,17 +109,27 @@ def kernel_check(prefix: str, netns: str, rig: Rig) -> dict[str, Any]:
     }
 
 
+class SendWatch:
+    """A netlink socket that notes when the first bytes of each apply leave."""
+
+    def __init__(self, inner: socket.socket, timed: TimedPort) -> None:
+        self.inner = inner
+        self.timed = timed
+
+    def send(self, data: bytes, *flags: int) -> int:
+        if not self.timed.sent_at:
+            self.timed.sent_at = time.perf_counter()
+        return self.inner.send(data, *flags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def hook_sent(port: Any, timed: TimedPort) -> None:
-    """Record when a RealIPVS sends its first netlink batch of each apply."""
-    sock = port._socket()
-    flush = sock._flush
-
-    def first_sent(*args: Any) -> None:
-        if not timed.sent_at:
-            timed.sent_at = time.perf_counter()
-        flush(*args)
-
-    sock._flush = first_sent
+    """Record when a RealIPVS sends its first netlink batch of each apply (a partial sync
+    sends nothing before it: no dump)."""
+    genl = port._socket()
+    genl.sock = SendWatch(genl.sock, timed)
 
 
 async def kernel_dataplane(netns: str, ipvs_only: bool) -> ProxyDataplane:

@@ -7,10 +7,11 @@ import gc
 import importlib.util
 import json
 import random
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
@@ -138,6 +139,25 @@ def test_proc_ip_vs_is_read_as_services_and_real_servers(kernel: ModuleType) -> 
         "udp/172.16.0.2:30000": {},
         "tcp/10.96.0.3:443": {("127.0.0.1", 8443): (1, 3)},
     }
+
+
+def test_the_first_netlink_send_of_an_apply_is_noted(rig: ModuleType, kernel: ModuleType) -> None:
+    ours, theirs = socket.socketpair()
+    genl = SimpleNamespace(sock=ours)
+    timed = rig.TimedPort(FakeIPVS())
+    kernel.hook_sent(SimpleNamespace(_socket=lambda: genl), timed)
+    try:
+        genl.sock.send(b"first")
+        first = timed.sent_at
+        genl.sock.send(b"later")
+        assert 0 < first == timed.sent_at
+        assert theirs.recv(16) == b"firstlater"
+        timed.reset()
+        genl.sock.send(b"next")
+        assert timed.sent_at > first
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_the_vm_slowdown_scales_the_kernel_figures(kernel: ModuleType) -> None:
