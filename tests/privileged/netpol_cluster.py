@@ -280,7 +280,12 @@ class Cluster:
     # -- probes --------------------------------------------------------------------------------
 
     async def check(self, denied: Iterable[Cell], family: str = "ipv4") -> None:
-        """The whole matrix over ``family`` ("ipv4" or "ipv6") equals the expected one."""
+        """The whole matrix over ``family`` ("ipv4" or "ipv6") equals the expected one.
+
+        The node's conntrack entries of the family are forgotten first: a UDP probe that happens
+        to reuse an earlier probe's source port would ride that entry past a policy that now
+        denies it (established flows outliving a policy change is the kernel's, not ours)."""
+        await self.node_run("conntrack", "-F", "-f", family)
         expected_denied = set(denied)
         matrix = await self.net.matrix(PROTOS, PORTS, timeout=1.0, family=family)
         wrong = sorted(c for c, ok in matrix.items() if ok == (c in expected_denied))
