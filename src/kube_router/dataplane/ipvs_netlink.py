@@ -30,7 +30,7 @@ from kube_router.dataplane.ipvs import (
     Stats,
     Timeouts,
 )
-from kube_router.dataplane.netlink import BATCH_OPS, in_netns, messages, open_socket, send_batch
+from kube_router.dataplane.netlink import in_netns, messages, open_socket, run_batched
 
 NETLINK_GENERIC: Final = 16
 GENL_ID_CTRL: Final = 0x10
@@ -333,19 +333,13 @@ class GenlSocket:
 
     def run_ops(self, ops: list[Op]) -> list[tuple[Op, int]]:
         """Send every operation (batched), wait for all acknowledgements; the failures."""
+
+        def encode(op: Op, seq: int) -> bytes:
+            cmd, payload = op_payload(op)
+            return message(self.family_id, NLM_F_REQUEST | NLM_F_ACK, seq, cmd, payload)
+
         with self.lock:
-            failures: list[tuple[Op, int]] = []
-            pending: dict[int, Op] = {}
-            buf = bytearray()
-            for op in ops:
-                seq = self._next_seq()
-                cmd, payload = op_payload(op)
-                buf += message(self.family_id, NLM_F_REQUEST | NLM_F_ACK, seq, cmd, payload)
-                pending[seq] = op
-                if len(pending) >= BATCH_OPS:
-                    send_batch(self.sock, buf, pending, failures, RECV_BYTES)
-            send_batch(self.sock, buf, pending, failures, RECV_BYTES)
-            return failures
+            return run_batched(self.sock, ops, encode, self._next_seq, RECV_BYTES)
 
     def request(self, cmd: int, payload: bytes) -> None:
         """One acknowledged command that is not a service or destination operation."""

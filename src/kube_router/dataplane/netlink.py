@@ -10,7 +10,7 @@ import ctypes
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final, TypeVar
 
 NETLINK_CAP_ACK: Final = 10
@@ -83,6 +83,28 @@ def messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
             break
         yield kind, flags, seq, data[offset + _NLMSG.size : offset + length]
         offset += (length + 3) & ~3
+
+
+def run_batched(
+    sock: socket.socket,
+    ops: Iterable[Pending],
+    encode: Callable[[Pending, int], bytes],
+    next_seq: Callable[[], int],
+    recv_bytes: int,
+) -> list[tuple[Pending, int]]:
+    """Send every operation, ``BATCH_OPS`` to a send, each encoded with its sequence number and
+    asking for an acknowledgement; wait for all of them. The refusals, with their errnos."""
+    failures: list[tuple[Pending, int]] = []
+    pending: dict[int, Pending] = {}
+    buf = bytearray()
+    for op in ops:
+        seq = next_seq()
+        buf += encode(op, seq)
+        pending[seq] = op
+        if len(pending) >= BATCH_OPS:
+            send_batch(sock, buf, pending, failures, recv_bytes)
+    send_batch(sock, buf, pending, failures, recv_bytes)
+    return failures
 
 
 def send_batch(

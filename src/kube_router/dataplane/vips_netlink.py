@@ -21,7 +21,7 @@ from typing import Final, TypeVar
 from kube_router.dataplane import netlink
 from kube_router.dataplane.ipvs import Family, family_of
 from kube_router.dataplane.ipvs_netlink import attr, nested, parse_attrs
-from kube_router.dataplane.netlink import BATCH_OPS, in_netns, messages
+from kube_router.dataplane.netlink import in_netns, messages
 from kube_router.dataplane.vips import Addr, Link, Op, Route, VipError, VipManager
 
 NETLINK_ROUTE: Final = 0
@@ -220,17 +220,7 @@ class RtnlSocket:
     def run_ops(self, ops: Sequence[Op]) -> list[tuple[Op, int]]:
         """Send every operation (batched), wait for every acknowledgement; the refusals."""
         with self.lock:
-            failures: list[tuple[Op, int]] = []
-            pending: dict[int, Op] = {}
-            buf = bytearray()
-            for op in ops:
-                seq = self._next_seq()
-                buf += encode(op, seq)
-                pending[seq] = op
-                if len(pending) >= BATCH_OPS:
-                    netlink.send_batch(self.sock, buf, pending, failures, RECV_BYTES)
-            netlink.send_batch(self.sock, buf, pending, failures, RECV_BYTES)
-            return failures
+            return netlink.run_batched(self.sock, ops, encode, self._next_seq, RECV_BYTES)
 
 
 class NetlinkKernel:
