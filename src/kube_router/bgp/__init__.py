@@ -1,0 +1,1 @@
+"""The BGP engine: gobgpd as a supervised child process, driven over gRPC."""

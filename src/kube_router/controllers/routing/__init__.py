@@ -1,0 +1,1 @@
+"""The network routing controller (NRC): pod networking over BGP, CNI, overlay tunnels."""
