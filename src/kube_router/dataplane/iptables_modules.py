@@ -466,6 +466,7 @@ def _ipvs_post(opts: dict[str, Opt], _ctx: Ctx, _p: tuple[bool, str] | None) -> 
 
 _NAT_ONLY = ("nat",)
 _NAT_FLAGS = ("random", "random-fully", "persistent")  # in iptables-save's order
+_MASQ_FLAGS = ("random", "random-fully")  # MASQUERADE takes no --persistent
 _L4 = frozenset({"tcp", "udp", "sctp"})
 _STR = OptSpec(negatable=False, quoted=True)
 
@@ -558,7 +559,9 @@ TARGETS: dict[str, ModuleSpec] = {
         },
         post=_drop_defaults(log_level=str(LOG_LEVEL_DEFAULT)),
     ),
-    "MASQUERADE": ModuleSpec({}, tables=_NAT_ONLY),
+    "MASQUERADE": ModuleSpec(
+        {n: OptSpec(nargs=0, negatable=False) for n in _MASQ_FLAGS}, tables=_NAT_ONLY
+    ),
     "SNAT": ModuleSpec(
         {
             "to-source": OptSpec(negatable=False, canon=_addr_port),

@@ -21,6 +21,8 @@ from kube_router.dataplane.iptables_rule import CanonRule, Match, Opt
 MAX_DEPTH = 64  # deeper than any ruleset we write; a loop would otherwise never end
 U32_MASK = 0xFFFFFFFF
 TERMINAL = frozenset({"ACCEPT", "DROP", "REJECT"})
+# nat table targets: the packet is translated and leaves the chain (the verdict names them)
+NAT_TERMINAL = frozenset({"MASQUERADE", "SNAT", "DNAT"})
 
 Proto = Literal["tcp", "udp", "sctp", "icmp"]
 CtState = Literal["NEW", "ESTABLISHED", "RELATED", "INVALID"]
@@ -53,7 +55,7 @@ class Packet:
 
 @dataclass
 class Verdict:
-    action: str  # ACCEPT, DROP or REJECT
+    action: str  # ACCEPT, DROP or REJECT; MASQUERADE, SNAT or DNAT in the nat table
     mark: int
     hits: list[tuple[str, int]] = field(default_factory=list)  # (chain, 0-based rule index)
     nflog_groups: list[int] = field(default_factory=list)
@@ -127,7 +129,7 @@ class _Walk:
             return None
         if target == "REJECT":
             self.verdict.reject_with = _arg(rule.target_opts, "reject-with")
-        if target in TERMINAL or target == "RETURN":
+        if target in TERMINAL or target in NAT_TERMINAL or target == "RETURN":
             return target
         raise TraceError(f"target {target} is not traced")
 
@@ -215,7 +217,7 @@ def trace(
         raise TraceError(f"an {packet.family} packet traced through {fake.family} iptables")
     walk = _Walk(fake, table, packet, ipset_contains)
     action = walk.run(hook, 0)
-    walk.verdict.action = action if action in TERMINAL else policy
+    walk.verdict.action = action if action in TERMINAL | NAT_TERMINAL else policy
     return walk.verdict
 
 
