@@ -6,18 +6,31 @@
 ARG DEBIAN_IMAGE=debian:bookworm-slim
 
 FROM ${DEBIAN_IMAGE} AS build
+# golang-github-osrg-gobgp-dev is only downloaded (not installed): its protos become the gRPC stubs.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       ca-certificates python3 python3-venv \
+ && mkdir -p /var/cache/gobgp \
+ && cd /var/cache/gobgp \
+ && apt-get download golang-github-osrg-gobgp-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Only what `pip install .` reads (pyproject.toml names README.md as the readme).
+# Only what `pip install .` reads (pyproject.toml names README.md as the readme), and the stub
+# generator.
 COPY pyproject.toml README.md ./
+COPY scripts/gen_gobgp.sh ./scripts/
 COPY src ./src
+# gobgpd's stubs are generated the same way as `make setup` does, before `pip install .` packs
+# them (src/kube_router/bgp/api/), with grpcio-tools in a throwaway virtualenv.
 # Every runtime dependency ships wheels for CPython 3.11 on amd64 and arm64: no compiler needed.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python3 -m venv /opt/kube-router \
+    python3 -m venv /opt/gen \
+ && /opt/gen/bin/pip install 'grpcio-tools>=1.85.1' \
+ && PYTHON=/opt/gen/bin/python GOBGP_CACHE=/var/cache/gobgp bash scripts/gen_gobgp.sh \
+ && rm -rf /opt/gen \
+ && python3 -m venv /opt/kube-router \
  && /opt/kube-router/bin/pip install . \
+ && /opt/kube-router/bin/python -c 'import kube_router.bgp.api.gobgp_pb2_grpc' \
  && /opt/kube-router/bin/kube-router --help >/dev/null
 
 FROM ${DEBIAN_IMAGE}

@@ -7,13 +7,16 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 STAMP_DIR=.stamps
 mkdir -p "$STAMP_DIR"
-key=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+key=$(cat pyproject.toml scripts/setup.sh scripts/gen_gobgp.sh | sha256sum | cut -c1-16)
 stamp="$STAMP_DIR/setup-$key"
-if [[ -f "$stamp" && -x "$VENV/bin/python" ]]; then
+if [[ -f "$stamp" && -x "$VENV/bin/python" && -f src/kube_router/bgp/api/gobgp_pb2_grpc.py ]]; then
   exit 0
 fi
 
-APT_PACKAGES=(iptables ipset ipvsadm conntrack iproute2 kmod procps curl openssl python3-venv)
+# gobgpd: the BGP engine (3.10; its gRPC API is what the stubs below speak). containernetworking-
+# plugins: the CNI bridge plugin that the lab's pods are wired with.
+APT_PACKAGES=(iptables ipset ipvsadm conntrack iproute2 kmod procps curl openssl python3-venv
+  gobgpd containernetworking-plugins)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -36,6 +39,8 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
+# gobgpd's gRPC stubs from Debian's golang-github-osrg-gobgp-dev (downloaded, never installed).
+PYTHON="$VENV/bin/python" bash scripts/gen_gobgp.sh
 
 if [[ ! -x .tools/node_modules/.bin/markdownlint ]]; then
   echo "setup: installing markdownlint-cli"
