@@ -8,7 +8,8 @@ and, for tunnels, ``tests/vm/test_overlay_tunnels.py``):
 - a route through a device needs the device (ENODEV) up (ENETDOWN); a source address must be
   one of the namespace's (EINVAL); families must agree (EINVAL);
 - replace overwrites the route to the same (table, dst); a delete matches table, dst and
-  protocol (ESRCH when none), so another protocol's route is never taken;
+  protocol (ESRCH when none), so another protocol's route is never taken; a gateway of the
+  other family is unreachable (the kernel reads it as an address of the route's family);
 - deleting a link takes every route through it;
 - a tunnel whose name is taken, or whose (kind, local, remote) another tunnel has, is refused
   with EEXIST; a GUE tunnel needs the fou (IPv4) or fou6 (IPv6) module (EINVAL), a FoU port
@@ -117,8 +118,10 @@ class FakeRouteKernel:
 
     def replace_route(self, route: Route) -> None:
         family = route.family
-        if any(a and family_of(a) != family for a in (route.gateway, route.src)):
+        if route.src and family_of(route.src) != family:
             raise Refused(errno.EINVAL)
+        if route.gateway and family_of(route.gateway) != family:  # read as a wrong address
+            raise Refused(_UNREACHABLE[family])
         dev = route.dev
         if route.gateway:
             found = self._link_for_gateway(route.gateway)
