@@ -389,3 +389,17 @@ def test_missing_family_port() -> None:
     fw = NodeFirewall({"ipv4": FakeIPTables("ipv4")}, FakeIPSets())
     with pytest.raises(NodeFirewallError, match="no iptables port for family ipv6"):
         run(fw.apply(spec()))
+
+
+@pytest.mark.parametrize(
+    ("output", "want"),
+    [
+        ("iptables v1.8.9 (nf_tables)\n", True),
+        ("iptables v1.6.2\n", True),
+        ("iptables v1.6.1\n", False),
+        ("ip6tables v1.4.21\n", False),
+        ("garbage", False),
+    ],
+)
+def test_random_fully_supported(output: str, want: bool) -> None:
+    assert nf.random_fully_supported(output) is want

@@ -31,7 +31,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 
@@ -177,9 +177,9 @@ class HttpEc2Client:
             await self._session.close()
             self._session = None
 
-    async def _fetch(self, method: str, url: str, **kw: object) -> tuple[int, str]:
+    async def _fetch(self, method: str, url: str, **kw: Any) -> tuple[int, str]:
         try:
-            async with self._http().request(method, url, **kw) as resp:  # type: ignore[arg-type]
+            async with self._http().request(method, url, **kw) as resp:
                 return resp.status, await resp.text()
         except (aiohttp.ClientError, TimeoutError) as err:
             raise Ec2Error(REQUEST_ERROR, f"{method} {url}: {err or type(err).__name__}") from err

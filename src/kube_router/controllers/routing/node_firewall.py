@@ -46,6 +46,7 @@ import base64
 import hashlib
 import ipaddress
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ NODE_IFACE_COMMENT: Final = (
 OUR_COMMENTS: Final = (FROM_PODS_COMMENT, TO_PODS_COMMENT, NODE_IFACE_COMMENT)
 RANDOM_FULLY: Final = "--random-fully"
 TMP_HASH_BYTES: Final = 10
+RANDOM_FULLY_SINCE: Final = (1, 6, 2)
+_VERSION: Final = re.compile(r"v(\d+)\.(\d+)\.(\d+)")
 FAMILIES: Final[tuple[ipt.Family, ipt.Family]] = ("ipv4", "ipv6")
 
 __all__ = [
@@ -89,6 +92,7 @@ __all__ = [
     "forward_rules",
     "masquerade_rule",
     "node_pod_cidrs",
+    "random_fully_supported",
     "set_name",
 ]
 
@@ -154,6 +158,15 @@ class NodeFirewallSpec:
     node_ips: Mapping[ipt.Family, frozenset[str]]
     pod_egress: bool = True
     random_fully: bool = True
+
+
+def random_fully_supported(version_output: str) -> bool:
+    """Whether the iptables of ``iptables --version`` (``iptables v1.8.9 (nf_tables)``) takes
+    ``--random-fully``: 1.6.2 and later, as upstream's go-iptables decides."""
+    found = _VERSION.search(version_output)
+    if found is None:
+        return False
+    return tuple(int(n) for n in found.groups()) >= RANDOM_FULLY_SINCE
 
 
 def _family(address: str) -> ipt.Family:
