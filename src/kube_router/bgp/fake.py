@@ -5,9 +5,10 @@
 What it refuses as gobgpd does (``EngineError``): peers or paths before BGP is started, a
 prefix set mixing IPv4 and IPv6, a policy naming a defined set that does not exist (or of the
 wrong kind), two statements of one name, two different peers or paths for one address/prefix,
-invalid prefixes, addresses and communities (``InvalidSpec``). StopBgp drops peers and paths;
-StartBgp drops defined sets, policies and assignments (gobgpd keeps them across StopBgp until
-the next StartBgp).
+invalid prefixes, addresses and communities (``InvalidSpec``), policies before BGP is started
+(a fresh gobgpd cannot list defined sets). StopBgp drops peers and paths; StartBgp drops
+defined sets, policies and assignments (gobgpd keeps them across StopBgp until the next
+StartBgp).
 
 Helpers for tests:
 - ``read_state()`` → ``BgpState`` (the same shape as ``GrpcEngine.read_state()``);
@@ -199,6 +200,7 @@ class FakeEngine:
 
     async def sync_policies(self, state: PolicyState) -> None:
         self._request("ListDefinedSet", mutating=False)
+        self._started("AddDefinedSet")
         wanted = {(s.type, s.name): canon.canonical_defined_set(s) for s in state.defined_sets}
         for key, spec in wanted.items():
             _check_set(spec)
@@ -289,13 +291,12 @@ class FakeEngine:
 
     async def read_state(self) -> BgpState:
         self._request("read_state", mutating=False)
-        state = BgpState(
-            global_=self.global_,
-            peers=dict(self.peers),
-            paths=dict(self.paths) if self.global_ else {},
-            defined_sets=dict(self.defined_sets),
-            policies=frozenset(self.policies),
-        )
+        state = BgpState(global_=self.global_, peers=dict(self.peers))
+        if self.global_ is None:
+            return state
+        state.paths = dict(self.paths)
+        state.defined_sets = dict(self.defined_sets)
+        state.policies = frozenset(self.policies)
         for direction, (prefix, _) in _DIRECTIONS.items():
             names, default = self.assigned.get(direction, ([], Action.ACCEPT))
             ours = [n for n in names if canon.policy_version(n, prefix) is not None]

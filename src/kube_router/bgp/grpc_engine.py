@@ -209,6 +209,9 @@ class GrpcEngine:
     # --- policies ----------------------------------------------------------------------------
 
     async def sync_policies(self, state: PolicyState) -> None:
+        # A gobgpd that never ran StartBgp refuses ListDefinedSet ("invalid defined-set type").
+        if await self.get_global() is None:
+            raise EngineError("gobgpd AddDefinedSet: bgp server hasn't started yet")
         await PolicySync(self).sync(state)
 
     # --- watching ----------------------------------------------------------------------------
@@ -262,10 +265,15 @@ class GrpcEngine:
     # --- reading back ------------------------------------------------------------------------
 
     async def read_state(self) -> canon.BgpState:
-        """Everything gobgpd holds, canonical (the same shape as ``FakeEngine.read_state``)."""
+        """Everything gobgpd holds, canonical (the same shape as ``FakeEngine.read_state``).
+
+        Only the global settings and peers while BGP is not started.
+        """
         policies = PolicySync(self)
         state = canon.BgpState(global_=await self.get_global())
         state.peers = await self.read_peers()
+        if state.global_ is None:  # policies are unreadable before StartBgp, dropped by it
+            return state
         state.paths = await self.read_paths()
         state.defined_sets = await policies.read_defined_sets()
         state.export, state.import_ = await policies.read_assigned()

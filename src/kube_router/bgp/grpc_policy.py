@@ -167,7 +167,7 @@ class PolicySync:
         for name in existing:
             if name != keep and canon.policy_version(name, prefix) is not None:
                 request = api.DeletePolicyRequest(
-                    policy=api.Policy(name=name), preserve_statements=False
+                    policy=api.Policy(name=name), preserve_statements=False, all=True
                 )
                 await self._engine.call(f"DeletePolicy {name}", "DeletePolicy", request)
 
