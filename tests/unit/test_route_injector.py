@@ -229,8 +229,6 @@ async def test_an_encap_switch_recreates_the_tunnels(
     await injector.setup_overlay()
     await injector.handle([announce(P4, FAR4), announce(P6, FAR6)])
 
-    injector.settings = after
-    await injector.setup_overlay()
     result = await injector.update(after)
 
     assert result.ok, result
@@ -287,8 +285,7 @@ async def test_setup_overlay_rules_table_name_and_fou(tmp_path: Path) -> None:
     await injector.setup_overlay()
     await injector.setup_overlay()  # idempotent
     on_rules = await fake(injector).rules()
-    injector.settings = OFF
-    await injector.setup_overlay()
+    await injector.update(OFF)
 
     assert sorted(on_rules) == [Rule("10.244.1.0/24"), Rule("2001:db8:1::/64")]
     assert (tmp_path / "rt_tables").read_text() == "255\tlocal\n77 kube-router\n"

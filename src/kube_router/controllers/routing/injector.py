@@ -33,8 +33,8 @@ Public API (for the controller):
   ``--injected-routes-sync-period``: recreates missing or changed tunnels, replaces every route
   of the map, deletes proto-17 routes (main table and 77) and ``tun-*`` tunnels not in it
 - ``await remove_peer(address)``: a node deleted or a peer gone: its routes and tunnel go
-- ``await update(settings=None, node=None)``: new overlay settings or node addresses; every
-  route is decided again (an encap switch recreates the tunnels)
+- ``await update(settings=None, node=None)``: new overlay settings or node addresses; the
+  overlay set-up again, then every route decided again (an encap switch recreates the tunnels)
 - metrics: ``routes_synced`` (routes in the map), ``routes_added``, ``routes_removed``,
   ``events_received``, ``last_sync_s``; ``on_sync_time(seconds)`` after each syncer run
 """
@@ -282,12 +282,14 @@ class RouteInjector:
     async def update(
         self, settings: InjectorSettings | None = None, node: NodeInfo | None = None
     ) -> BatchResult:
-        """New settings or node addresses: decide every route again (an encap switch
-        recreates every tunnel)."""
+        """New settings or node addresses: the overlay set-up again (as
+        :meth:`setup_overlay`), then every route decided again (an encap switch recreates
+        every tunnel). Raises RouteError when the set-up fails (routes untouched then)."""
         async with self._lock:
             self.settings = settings or self.settings
             self.node = node or self.node
             self._logged.clear()
+            await self._setup_overlay()
             return await self._reconcile(set(self._announced) | set(self._decided))
 
     # --- applying ---
@@ -441,15 +443,18 @@ class RouteInjector:
         the overlay on (the rules removed with it off); with FoU, its modules and GUE port per
         family (the port removed otherwise). Raises RouteError (the controller retries)."""
         async with self._lock:
-            on = self.settings.enable_overlay
-            if on:
-                try:
-                    path = self.port.ensure_table_name(OVERLAY_TABLE, OVERLAY_TABLE_NAME)
-                    log.debug("table %d named in %s", OVERLAY_TABLE, path)
-                except RtTablesError as err:
-                    log.warning("table %d keeps no name: %s", OVERLAY_TABLE, err)
-            await self._sync_rules(on)
-            await self._sync_fou()
+            await self._setup_overlay()
+
+    async def _setup_overlay(self) -> None:
+        on = self.settings.enable_overlay
+        if on:
+            try:
+                path = self.port.ensure_table_name(OVERLAY_TABLE, OVERLAY_TABLE_NAME)
+                log.debug("table %d named in %s", OVERLAY_TABLE, path)
+            except RtTablesError as err:
+                log.warning("table %d keeps no name: %s", OVERLAY_TABLE, err)
+        await self._sync_rules(on)
+        await self._sync_fou()
 
     async def _sync_rules(self, on: bool) -> None:
         ours = {Rule(canonical_cidr(c)) for c in self.node.pod_cidrs}
