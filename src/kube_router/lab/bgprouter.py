@@ -42,6 +42,8 @@ ATTR_ORIGIN, ATTR_AS_PATH, ATTR_NEXT_HOP, ATTR_MED, ATTR_LOCAL_PREF = 1, 2, 3, 4
 ATTR_COMMUNITIES, ATTR_MP_REACH = 8, 14
 COMMUNITY_SHIFT = 16
 COMMUNITY_MASK = 0xFFFF
+ATTR_LARGE_COMMUNITIES = 32
+TOML_FIRST_PRINTABLE, TOML_DEL = 0x20, 0x7F
 
 
 class BgpRouterError(Exception):
@@ -70,6 +72,7 @@ class RibPath:
     nexthop: str
     as_path: tuple[int, ...] = ()
     communities: tuple[str, ...] = ()  # "asn:value"
+    large_communities: tuple[str, ...] = ()  # "asn:data1:data2"
     neighbor: str | None = None  # None: originated by this router
     best: bool = False
     origin: int | None = None
@@ -89,7 +92,16 @@ class NeighborState:
 
 
 def _quote(value: str) -> str:
-    return json.dumps(value)  # a TOML basic string for everything the lab writes
+    """``value`` as a TOML basic string: quote, backslash and control characters escaped."""
+    out = []
+    for ch in value:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < TOML_FIRST_PRINTABLE or ord(ch) == TOML_DEL:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _neighbor_toml(n: Neighbor) -> list[str]:
@@ -144,6 +156,10 @@ def _path(prefix: str, raw: dict[str, Any]) -> RibPath:
             attrs["local_pref"] = int(attr["value"])
         elif kind == ATTR_COMMUNITIES:
             attrs["communities"] = tuple(_community(int(c)) for c in attr.get("communities", []))
+        elif kind == ATTR_LARGE_COMMUNITIES:
+            attrs["large_communities"] = tuple(
+                f"{c['ASN']}:{c['LocalData1']}:{c['LocalData2']}" for c in attr.get("value", [])
+            )
     neighbor = raw.get("neighbor-ip")
     return RibPath(
         prefix=prefix,
