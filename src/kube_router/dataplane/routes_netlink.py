@@ -329,6 +329,8 @@ class NetlinkRoutes:
                 if kind == "delete" and code in (errno.ESRCH, errno.ENOENT):
                     continue
                 failures.append(RouteFailure(kind, route, code))
+            if any(f.errno == errno.ENODEV for f in failures):
+                self._index = {}  # a link was recreated from outside: learn the indexes anew
             return failures
 
         return await self._in_thread("route batch", work)
