@@ -255,8 +255,8 @@ def test_route_reflector_server_peers_with_all_and_reflects_to_clients() -> None
     peers = bgp_peers.internal_peers(nodes, make_settings(nodes[0])).peers
     assert [(p.address, p.rr_client, p.rr_cluster_id) for p in peers] == [
         ("10.0.0.2", False, ""),
-        ("10.0.0.11", True, "42"),
-        ("10.0.0.12", True, "42"),
+        ("10.0.0.11", True, "0.0.0.42"),
+        ("10.0.0.12", True, "0.0.0.42"),
         ("10.0.0.21", False, ""),
     ]
 

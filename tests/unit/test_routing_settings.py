@@ -170,11 +170,17 @@ def test_timers(argv: tuple[str, ...], hold: int, ttl: int, gr: GracefulRestart)
     ("annotations", "server", "client", "cluster_id"),
     [
         ({}, False, False, ""),
-        ({"kube-router.io/rr.server": "42"}, True, False, "42"),
+        ({"kube-router.io/rr.server": "42"}, True, False, "0.0.0.42"),
         ({"kube-router.io/rr.server": "10.0.0.100"}, True, False, "10.0.0.100"),
-        ({"kube-router.io/rr.server": "0x10"}, True, False, "16"),
-        ({"kube-router.io/rr.client": "42"}, False, True, "42"),
-        ({"kube-router.io/rr.client": "1", "kube-router.io/rr.server": "2"}, True, False, "2"),
+        ({"kube-router.io/rr.server": "0x10"}, True, False, "0.0.0.16"),
+        ({"kube-router.io/rr.server": "4294967295"}, True, False, "255.255.255.255"),
+        ({"kube-router.io/rr.client": "42"}, False, True, "0.0.0.42"),
+        (
+            {"kube-router.io/rr.client": "1", "kube-router.io/rr.server": "2"},
+            True,
+            False,
+            "0.0.0.2",
+        ),
     ],
 )
 def test_route_reflector(

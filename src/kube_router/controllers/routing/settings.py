@@ -190,13 +190,17 @@ def _node_asn(node: Node, name: str) -> int:
 
 
 def cluster_id(text: str) -> str:
-    """A route-reflector cluster ID as gobgpd takes it: an IPv4 address or a decimal uint32."""
+    """A route-reflector cluster ID (an IPv4 address or a uint32) as gobgpd stores it: dotted.
+
+    gobgpd turns a number into an address (``42`` is ``0.0.0.42``) and reports that form; giving
+    it that form keeps a level-triggered peer sync from seeing a difference every time.
+    """
     address = parse_ip(text)
     if address is not None:
         if address.version != 4:
             raise ValueError(f"{text!r} is an IPv6 address; use an IPv4 address or a number")
         return str(address)
-    return str(parse_uint(text, 0, ASN_BITS))
+    return str(ipaddress.IPv4Address(parse_uint(text, 0, ASN_BITS)))
 
 
 def _route_reflector(node: Node, name: str) -> tuple[bool, bool, str]:
