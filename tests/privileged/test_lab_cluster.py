@@ -161,6 +161,18 @@ async def test_the_api_server_answers_inside_nodes_behind_the_router(routed: Clu
     await _api_answers_in_every_node(routed)
 
 
+async def test_two_clusters_with_the_same_addresses_run_side_by_side(
+    flat: Cluster, routed: Cluster
+) -> None:
+    assert flat.node("node1").ip == routed.node("node1").ip
+    assert flat.server.port == routed.server.port == 6443
+    await _api_answers_in_every_node(flat)
+    await _api_answers_in_every_node(routed)
+    assert set(underlay.owned_netns(flat.spec.prefix)).isdisjoint(
+        underlay.owned_netns(routed.spec.prefix)
+    )
+
+
 # -- pods ------------------------------------------------------------------------------------
 
 
@@ -282,6 +294,8 @@ async def test_spawned_processes_run_in_the_node_with_their_own_run_dir(flat: Cl
     finally:
         proc.terminate()
         proc.wait()
+    assert flat.run(node, "cat", "/run/kube-router/marker") == "node2"
+    assert flat.run(node, "ls", "/run/kube-router", mounts={}) != "marker\n"
     argv = flat.agent_argv(node, "--run-firewall=false")
     assert argv[1:4] == ["-m", "kube_router", f"--kubeconfig={flat.kubeconfig}"]
     assert "--hostname-override=node2" in argv

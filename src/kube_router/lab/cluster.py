@@ -364,13 +364,31 @@ class Cluster:
 
     # -- processes in node namespaces ------------------------------------------------------
 
-    def run(self, node: ClusterNode | str, *argv: str, check: bool = True) -> str:
-        """Run a short command in the node's namespace; its stdout."""
+    def node_argv(
+        self, node: ClusterNode | str, argv: Sequence[str], mounts: Mapping[str, Path] | None = None
+    ) -> list[str]:
+        """``argv`` wrapped to run in the node's namespace, with ``mounts`` (default
+        ``{"/run/kube-router": run_dir}``) bind-mounted in its own mount namespace (made by
+        ``ip netns exec``; the mount points are created on the host if missing)."""
+        n = self.node(node)
+        mounts = {RUN_DIR: n.run_dir} if mounts is None else mounts
+        script = "".join(
+            f"mkdir -p {shlex.quote(t)} && mount --bind {shlex.quote(str(s))} {shlex.quote(t)} && "
+            for t, s in mounts.items()
+        )
+        wrapped = ["sh", "-c", f'{script}exec "$@"', "sh", *argv] if mounts else list(argv)
+        return ["ip", "netns", "exec", n.netns, *wrapped]
+
+    def run(
+        self,
+        node: ClusterNode | str,
+        *argv: str,
+        check: bool = True,
+        mounts: Mapping[str, Path] | None = None,
+    ) -> str:
+        """Run a short command in the node (as :meth:`spawn` would, blocking); its stdout."""
         proc = subprocess.run(
-            ["ip", "netns", "exec", self.node(node).netns, *argv],
-            capture_output=True,
-            text=True,
-            check=False,
+            self.node_argv(node, argv, mounts), capture_output=True, text=True, check=False
         )
         if check and proc.returncode != 0:
             raise underlay.UnderlayError(
@@ -388,19 +406,13 @@ class Cluster:
         log_name: str = "proc",
         mounts: Mapping[str, Path] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` in the node's namespace with ``node.env()`` (+ ``env``), output to
-        ``<node dir>/<log_name>.log``. ``mounts`` (default ``{"/run/kube-router": run_dir}``)
-        are bind-mounted in the process's own mount namespace. :meth:`down` stops it."""
+        """Start ``argv`` in the node (see :meth:`node_argv` for ``mounts``) with
+        ``node.env()`` and ``env`` added to this process's environment, output appended to
+        ``<node dir>/<log_name>.log``, in a session of its own. :meth:`down` stops it."""
         n = self.node(node)
-        mounts = {RUN_DIR: n.run_dir} if mounts is None else mounts
-        script = "".join(
-            f"mkdir -p {shlex.quote(t)} && mount --bind {shlex.quote(str(s))} {shlex.quote(t)} && "
-            for t, s in mounts.items()
-        )
-        wrapped = ["sh", "-c", f'{script}exec "$@"', "sh", *argv] if mounts else list(argv)
         with (n.dir / f"{log_name}.log").open("ab") as out:
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", n.netns, *wrapped],
+                self.node_argv(n, argv, mounts),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **n.env(), **(env or {})},
