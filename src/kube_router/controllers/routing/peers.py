@@ -17,6 +17,9 @@ Public API (all return :class:`PeerResult`: ``peers``, ``problems``, ``bfd_reque
 - :func:`internal_peers` ``(nodes, settings)``: iBGP peers among ``nodes`` (all Nodes)
 - :func:`node_primary_ips` ``(nodes) -> list[str]``: every node's primary IP (iBGP peer sets)
 - :func:`decode_password` ``(text) -> str``: base64 as Go's StdEncoding decodes it
+- :func:`parse_peers_yaml` ``(text) -> (configs, errors, bfd_requested)`` and
+  :func:`parse_deprecated` ``(annotations) -> (configs, errors)``: the annotation parsers
+  (:class:`PeerConfig` values, before they meet this node's settings)
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ Public API:
 - :func:`bfd_warning` ``(settings, peers_ask_bfd=False) -> str | None``: the one warning to log
   when BFD is asked for (gobgpd 3.10 has no BFD)
 - :func:`local_pod_cidrs` ``(node) -> (cidrs, errors)``: the local node's pod CIDRs
+- :func:`custom_import_reject` ``(text) -> (cidrs, errors)``, :func:`cluster_id` ``(text)``
 - :class:`Problem`, :class:`SettingsError`, :class:`PathPrepend`
 """
 
