@@ -321,6 +321,13 @@ async def test_the_external_router_answers_and_lists_every_node(flat: Cluster) -
     assert ext.rib("ipv4") == []
     assert "lab-secret" in ext.config_path.read_text()
     assert ext.config_path.stat().st_mode & 0o077 == 0
+    ext.reload([*ext.neighbors[:1], Neighbor("10.77.0.99", 65001)])  # SIGHUP: gobgpd rereads
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    want = [("10.77.0.11", 64512), ("10.77.0.99", 65001)]
+    while [(s.address, s.asn) for s in ext.sessions()] != want and loop.time() < deadline:
+        await asyncio.sleep(0.2)
+    assert [(s.address, s.asn) for s in ext.sessions()] == want
 
 
 async def test_a_node_peers_with_the_external_router_across_the_router(routed: Cluster) -> None:
