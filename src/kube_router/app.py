@@ -29,6 +29,9 @@ from kube_router.controllers.netpol.names import IPV4, IPV6
 from kube_router.controllers.proxy.controller import ServiceProxyController
 from kube_router.controllers.proxy.ports import ProxyDataplane
 from kube_router.controllers.proxy.ports import cleanup as proxy_cleanup
+from kube_router.controllers.routing.controller import RoutingController
+from kube_router.controllers.routing.node_firewall import NodeFirewallError
+from kube_router.controllers.routing.ports import RoutingPorts
 from kube_router.dataplane.exec import CommandError, Executor
 from kube_router.dataplane.ipvs import Family
 from kube_router.k8s.client import ApiError, ConfigError, KubeClient
@@ -71,7 +74,7 @@ def _pending(name: str, period_attr: str, barrier: str | None = None) -> Control
 
 # Controller factories by role. The controller issues replace these entries.
 FACTORIES: dict[str, ControllerFactory] = {
-    "router": _pending(health.ROUTES, "routes_sync_period", "cni_firewall_setup"),
+    "router": RoutingController,
     "proxy": ServiceProxyController,
     "firewall": NetworkPolicyController,
     "loadbalancer": _pending(health.LOADBALANCER, "loadbalancer_sync_period"),
@@ -287,5 +290,11 @@ async def cleanup(config: Config) -> int:
     except (CommandError, OSError) as err:
         log.error("cleanup: service proxy: %s", err)
         status = EXIT_FAILURE
-    log.info("cleanup: the router controller is not implemented yet; nothing of it to remove")
+    try:
+        ports = await RoutingPorts.real(config, proxy_families)
+        await ports.firewall.cleanup()
+        log.info("cleanup: pod egress masquerade, FORWARD accepts and the routing ipsets removed")
+    except (CommandError, NodeFirewallError, OSError) as err:
+        log.error("cleanup: routing: %s", err)
+        status = EXIT_FAILURE
     return status

@@ -26,8 +26,13 @@ def _node(name: str = "n1", ip: str = "127.0.0.1") -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def no_host_firewall(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unit tests run in the host namespace: the real policy controller and service proxy must
-    not start here."""
+    """Unit tests run in the host namespace: the real policy controller, service proxy and
+    routing controller must not start here."""
+    monkeypatch.setitem(
+        app.FACTORIES,
+        "router",
+        app._pending(health.ROUTES, "routes_sync_period", "cni_firewall_setup"),
+    )
     monkeypatch.setitem(
         app.FACTORIES, "firewall", app._pending(health.POLICY, "iptables_sync_period")
     )
