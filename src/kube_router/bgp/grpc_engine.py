@@ -23,9 +23,9 @@ it is right after an agent restart (gobgpd kept its state) and after a gobgpd re
   merges on AddDefinedSet); export/import policies ``kube_router_export<N>`` /
   ``kube_router_import<N>``: a changed policy is added as version N+1, assigned to ``global``
   (export default REJECT, import default ACCEPT), the old one unassigned and deleted. None →
-  ours unassigned and deleted. Defined sets not wanted and not used by a remaining policy are
-  deleted last. gobgpd is the agent's own child: policies and sets it holds other than ours are
-  left assigned and untouched only if they are named otherwise.
+  ours unassigned and deleted. Policies with other names are left alone. Defined sets not
+  wanted and not used by any remaining policy are deleted last (gobgpd is the agent's own
+  child: the agent owns its defined sets). Statements are named ``<policy>_<statement>``.
 
 Errors: every gRPC failure becomes ``EngineError`` naming the request (gobgpd reports refusals
 as UNKNOWN with a text), ``EngineUnavailable`` when gobgpd cannot be reached. Requests and

@@ -6,8 +6,9 @@ Order, so that nothing is ever referenced before it exists or deleted while in u
    removes the listed members);
 2. for export then import: if the assigned ``<prefix><N>`` differs from the wanted policy (or
    its default action differs), add ``<prefix><N+1>``, assign it, unassign the old one, delete
-   it with its statements; with None, unassign and delete ours (and drop the assignment's
-   default when no other policy is assigned);
+   it with its statements (DeletePolicy needs ``all=True``: without it gobgpd only removes the
+   listed statements); with None, unassign and delete ours (and drop the assignment's default
+   when no other policy is assigned);
 3. defined sets not wanted and not referenced by any policy left are deleted.
 """
 
