@@ -97,6 +97,7 @@ class RoutingController(Controller):
         self._nodes_changed = True
         self._known_nodes: dict[str, str] = {}  # node name -> primary IP, to withdraw its routes
         self._reported: dict[str, str] = {}
+        self._bfd_warned = False  # gobgpd has no BFD: said once, whoever asked for it
         self._vip_services: set[str] = set()  # Services with VIPs in the table
         self._external: list[str] = []  # addresses of the external peers
         self._advertised: frozenset[str] = frozenset()  # VIPs in the last sync
@@ -148,6 +149,7 @@ class RoutingController(Controller):
         assert self.ports is not None and self.settings is not None
         warning = bfd_warning(self.settings)
         if warning:
+            self._bfd_warned = True
             log.warning("%s", warning)
         if self.ports.daemon is not None:
             self.ports.daemon.on_restart = self._gobgpd_restarted
@@ -321,10 +323,10 @@ class RoutingController(Controller):
             wanted += internal.peers
         external = peers.external_peers(cfg, self.settings, local, peer_passwords(cfg))
         self._report_problems("peers", external.problems)
-        if external.bfd_requested:
+        if external.bfd_requested and not self._bfd_warned:
+            self._bfd_warned = True  # a warning, once (not an error, not again with the flag)
             warning = bfd_warning(self.settings, peers_ask_bfd=True)
-            if warning:
-                self._report_problems("bfd", (Problem(self.settings.node_name, warning),))
+            log.warning("routing: node %s: %s", self.settings.node_name, warning)
         self._external = [p.address for p in external.peers]
         return wanted + list(external.peers)
 
