@@ -138,6 +138,8 @@ class RoutingController(Controller):
         if self.ports is None:
             self.ports = await RoutingPorts.real(cfg, self.families, self.env)
         if self.ctx.metrics is not None:
+            # Added before RoutingMetrics' own hook, so that one writes fresh counts.
+            self.ctx.metrics.add_scrape_hook(self._refresh_metrics)
             self.metrics = rmetrics.RoutingMetrics(self.ctx.metrics, self.counters)
         await node_setup.prepare_node(self)
         self.ctx.barriers.cni_firewall_setup.set()
@@ -244,8 +246,20 @@ class RoutingController(Controller):
         elif not keep:
             with contextlib.suppress(EngineError):
                 await self.ports.engine.stop_bgp()
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.remove_scrape_hook(self._refresh_metrics)
         if self.metrics is not None:
             self.metrics.close()
+
+    async def _refresh_metrics(self) -> bytes:
+        """At each scrape, the injector's counts as they are now rather than as of the last
+        sync, minutes ago (upstream counts a route when it writes it)."""
+        if self.injector is not None:
+            self.counters.routes_added = self.injector.routes_added
+            self.counters.routes_removed = self.injector.routes_removed
+            if self.metrics is not None:
+                self.metrics.host_synced.set(self.injector.routes_synced)
+        return b""
 
     def _route_stream(self) -> AsyncIterator[RouteEvent | PeerEvent]:
         assert self.ports is not None
