@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Final
 
 from kube_router.bgp.engine import EngineError
@@ -128,11 +128,22 @@ def canonical_global(spec: GlobalSpec) -> GlobalSpec:
     )
 
 
+def changed_fields(have: PeerSpec, want: PeerSpec) -> list[str]:
+    """Names of the fields that differ (never their values: one may be a password)."""
+    return [f.name for f in fields(PeerSpec) if getattr(have, f.name) != getattr(want, f.name)]
+
+
 def canonical_peer(spec: PeerSpec) -> PeerSpec:
     """Defaults resolved as gobgpd resolves them; ``internal`` is not gobgpd's (always False)."""
     hold = spec.hold_time or DEFAULT_HOLD_TIME
     local = canonical_address(spec.local_address) if spec.local_address else ""
-    gr = spec.graceful_restart if spec.graceful_restart.enabled else GracefulRestart()
+    # gobgpd reports local_restarting from the session's state (cleared once the restart is
+    # over), not the configuration: it is not compared.
+    gr = (
+        replace(spec.graceful_restart, local_restarting=True)
+        if spec.graceful_restart.enabled
+        else GracefulRestart()
+    )
     return replace(
         spec,
         address=canonical_address(spec.address),

@@ -151,7 +151,11 @@ class GrpcEngine:
             if have == canon.canonical_peer(spec):
                 continue
             if have is not None:
-                log.info("BGP neighbour %s changed; re-adding it", address)
+                log.info(
+                    "BGP neighbour %s changed (%s); re-adding it",
+                    address,
+                    ", ".join(canon.changed_fields(have, canon.canonical_peer(spec))),
+                )
                 await self._delete_peer(address)
             request = api.AddPeerRequest(peer=codec.peer_to_pb(spec))
             await self.call(f"AddPeer {address}", "AddPeer", request)
