@@ -145,6 +145,8 @@ class RoutingController(Controller):
         self.ctx.barriers.cni_firewall_setup.set()
         self.injector = await node_setup.make_injector(self)
         await self._start_bgp()
+        # Upstream's route syncer heartbeats as its own component.
+        self.ctx.health.register(health.ROUTE_SYNC, float(cfg.injected_routes_sync_period))
         self._add_handlers()
 
     async def _start_bgp(self) -> None:
