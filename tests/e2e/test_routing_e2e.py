@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -19,7 +21,14 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
 ]
 
-AGENT_FLAGS = ("--run-service-proxy=false", "--run-firewall=false", "--routes-sync-period=5s")
+AGENT_FLAGS = (
+    "--run-service-proxy=false",
+    "--run-firewall=false",
+    "--routes-sync-period=5s",
+    "--injected-routes-sync-period=2s",
+    "--bgp-graceful-restart",
+)
+PROBE_S = 0.25
 # gobgpd retries a connection every 5-10 s: sessions take up to ~20 s in a slow run.
 CONVERGE_S = 60.0
 
@@ -42,8 +51,11 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluste
     async with Cluster(spec, tmp_path_factory.mktemp("mesh")) as c:
         for n in c.nodes:
             c.write_cni_template(n)
-            c.start_agent(n, *AGENT_FLAGS)
+            AGENTS[n.name] = c.start_agent(n, *AGENT_FLAGS)
         yield c
+
+
+AGENTS: dict[str, subprocess.Popen[bytes]] = {}
 
 
 async def test_pods_on_different_nodes_reach_each_other(mesh: Cluster) -> None:
@@ -60,3 +72,42 @@ async def test_pods_on_different_nodes_reach_each_other(mesh: Cluster) -> None:
         for dst in pods:
             if src is not dst:
                 assert await c.reaches(src, dst, "tcp", 80, "ipv4"), (src.key, dst.key)
+
+
+async def test_a_route_deleted_by_hand_comes_back(mesh: Cluster) -> None:
+    c = mesh
+    n1, n2 = c.nodes[0], c.nodes[1]
+    cidr = n2.pod_cidrs[0]
+    c.run(n1, "ip", "route", "del", cidr)
+    assert cidr not in routes(c, n1)
+    await eventually(lambda: cidr in routes(c, n1), 15, f"{cidr} back on {n1.name}")
+
+
+async def test_an_agent_restart_with_graceful_restart_keeps_traffic_flowing(mesh: Cluster) -> None:
+    c = mesh
+    src, dst = c.pod("default", "p0"), c.pod("default", "p1")
+    node = c.nodes[1]  # dst's node: its agent restarts
+    lost = 0
+    proc = AGENTS[node.name]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    AGENTS[node.name] = c.start_agent(node, *AGENT_FLAGS)
+    deadline = time.monotonic() + 12
+    probes = 0
+    while time.monotonic() < deadline:
+        probes += 1
+        if not await c.reaches(src, dst, "tcp", 80, "ipv4"):
+            lost += 1
+        await asyncio.sleep(PROBE_S)
+    assert lost == 0, f"{lost} of {probes} probes failed across the restart"
+    assert "adopted" in (node.dir / "agent.log").read_text()
+
+
+async def test_a_deleted_nodes_routes_are_withdrawn(mesh: Cluster) -> None:
+    c = mesh
+    gone = c.nodes[2]
+    cidr = gone.pod_cidrs[0]
+    AGENTS.pop(gone.name).send_signal(signal.SIGTERM)
+    c.server.store.delete("nodes", None, gone.name)
+    for n in c.nodes[:2]:
+        await eventually(lambda n=n: cidr not in routes(c, n), 30, f"{cidr} gone from {n.name}")
