@@ -10,10 +10,11 @@ controller (``start()``, and a first full ``sync()`` unless told not to) and ret
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -48,6 +49,7 @@ NODE_MTU: Final = 9000
 IFACE: Final = "eth0"
 INFORMER_WAIT_S: Final = 5.0
 POLL_S: Final = 0.02
+UNTIL_ROUNDS: Final = 200
 CNI_CONF: Final = {
     "cniVersion": "0.3.0",
     "name": "mynet",
@@ -113,7 +115,6 @@ class Rig:
     cni_path: Path
     informers: Informers
     run_task: asyncio.Task[None] | None = None
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     # --- the API -----------------------------------------------------------------------------
 
@@ -164,34 +165,25 @@ class Rig:
 
     # --- running -----------------------------------------------------------------------------
 
-    def start_loops(self) -> None:
-        """The controller's run() loops (start() was done already by build): sync runner,
-        injector, both watches and the route syncer, as run() starts them."""
-        ctrl = self.ctrl
-        assert ctrl.injector is not None
-        for coro, name in (
-            (ctrl.runner.run(), "sync"),
-            (ctrl.injector.run(ctrl.events), "injector"),
-            (ctrl._watch(ctrl._route_stream, "routes"), "best"),
-            (ctrl._watch(ctrl._peer_stream, "peers"), "peers"),
-            (ctrl._route_syncer(), "route-syncer"),
-        ):
-            self.tasks.append(asyncio.create_task(coro, name=f"test-routing-{name}"))
+    def run(self) -> None:
+        """The controller's run() as a task (it calls start() itself); close() cancels it."""
+        self.run_task = asyncio.create_task(self.ctrl.run(), name="test-routing-run")
 
     async def until(self, what: str, check: Callable[[], bool]) -> None:
         """Let the loops run until ``check()`` (they run on the loop, not on the FakeClock)."""
-        for _ in range(200):
+        for _ in range(UNTIL_ROUNDS):
             if check():
                 return
+            if self.run_task is not None and self.run_task.done():
+                self.run_task.result()  # the controller's failure, not a time-out
+                raise AssertionError("the controller's run() ended")
             await settle()
             await asyncio.sleep(POLL_S)
         raise AssertionError(f"timed out waiting for {what}")
 
     async def close(self) -> None:
-        for task in [*self.tasks, *([self.run_task] if self.run_task else [])]:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.run_task is not None:
+            self.run_task.cancel()
             await asyncio.gather(self.run_task, return_exceptions=True)
         if self.ctrl.aws_task is not None:
             await asyncio.gather(self.ctrl.aws_task, return_exceptions=True)
@@ -280,3 +272,23 @@ async def build(
         await rig.close()
         raise
     return rig
+
+
+Build = Callable[..., Awaitable[Rig]]
+
+
+@contextlib.asynccontextmanager
+async def rigs(lab: LabServer, kube: KubeClient, tmp_path: Path) -> AsyncIterator[Build]:
+    """A factory of rigs (``await make(*argv, **build_kw)``), all closed at the end."""
+    made: list[Rig] = []
+
+    async def factory(*argv: str, **kw: Any) -> Rig:
+        rig = await build(lab, kube, tmp_path, argv, **kw)
+        made.append(rig)
+        return rig
+
+    try:
+        yield factory
+    finally:
+        for rig in made:
+            await rig.close()

@@ -12,7 +12,7 @@ test_routing_controller_run.py.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,10 @@ from routing_controller_rig import (
     NODE_IP,
     NODE_MTU,
     POD_CIDR,
+    Build,
     Rig,
-    build,
     node_body,
+    rigs,
     wait_for,
 )
 
@@ -41,23 +42,11 @@ VIP_PATH = f"{VIP}/32"
 PEERS_ANNOTATION = "kube-router.io/peers"
 POD_SET, NODE_SET = "kube-router-pod-subnets", "kube-router-node-ips"
 
-Build = Callable[..., Awaitable[Rig]]
-
 
 @pytest.fixture
 async def make(lab: LabServer, kube: KubeClient, tmp_path: Path) -> AsyncIterator[Build]:
-    rigs: list[Rig] = []
-
-    async def factory(*argv: str, **kw: Any) -> Rig:
-        rig = await build(lab, kube, tmp_path, argv, **kw)
-        rigs.append(rig)
-        return rig
-
-    try:
+    async with rigs(lab, kube, tmp_path) as factory:
         yield factory
-    finally:
-        for rig in rigs:
-            await rig.close()
 
 
 def service(
