@@ -39,6 +39,7 @@ N3_IP, N3_CIDR = "192.168.50.3", "10.244.3.0/24"
 EXT_IP, EXT_ASN = "192.168.50.100", 65000
 VIP = "10.96.0.10"
 VIP_PATH = f"{VIP}/32"
+EXTERNAL_IP = "203.0.113.5"
 PEERS_ANNOTATION = "kube-router.io/peers"
 POD_SET, NODE_SET = "kube-router-pod-subnets", "kube-router-node-ips"
 
@@ -320,3 +321,57 @@ async def test_bad_annotations_are_logged_once_and_the_rest_applied(
     assert state.export is not None
     external = [s for s in state.export.policy.statements if "externalpeerset" in s.name]
     assert external and all(s.add_communities for s in external)
+
+
+async def test_an_external_ip_follows_the_external_traffic_policy(make: Build) -> None:
+    rig = await make("--advertise-external-ip", "--service-external-ip-range=203.0.113.0/24")
+    spec = {"type": "NodePort", "externalIPs": [EXTERNAL_IP], "externalTrafficPolicy": "Local"}
+    rig.lab.store.create("services", service(spec=spec))
+    await settle_service(rig, has_service(rig), "service")
+    assert await paths(rig) == {POD_CIDR}  # Local and no endpoint here
+    rig.lab.store.create("endpointslices", endpoint_slice("web", LOCAL))
+    await settle_service(
+        rig, lambda: rig.informers.endpointslices.store.get("x/web-1") is not None, "slice"
+    )
+    assert await paths(rig) == {POD_CIDR, f"{EXTERNAL_IP}/32"}  # not the cluster IP
+
+
+ASN, RR_SERVER, RR_CLIENT = (
+    "kube-router.io/node.asn",
+    "kube-router.io/rr.server",
+    "kube-router.io/rr.client",
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "local", "n2", "n3", "want"),
+    [
+        # per-node ASNs: only the nodes of our ASN are iBGP peers, with that ASN
+        (
+            ("--nodes-full-mesh=false",),
+            {ASN: "65001"},
+            {ASN: "65001"},
+            {ASN: "65002"},
+            {N2_IP: 65001},
+        ),
+        # a route-reflector client peers with the servers only
+        ((), {RR_CLIENT: "1.1.1.1"}, {RR_SERVER: "1.1.1.1"}, {}, {N2_IP: 64512}),
+    ],
+    ids=["node-asn", "rr-client"],
+)
+async def test_ibgp_peers_per_asn_and_route_reflector(
+    make: Build,
+    argv: tuple[str, ...],
+    local: dict[str, str],
+    n2: dict[str, str],
+    n3: dict[str, str],
+    want: dict[str, int],
+) -> None:
+    rig = await make(
+        *argv,
+        local=node_body(LOCAL, NODE_IP, POD_CIDR, local),
+        others=[node_body("n2", N2_IP, N2_CIDR, n2), node_body("n3", N3_IP, N3_CIDR, n3)],
+    )
+    state = await rig.state()
+    assert {a: p.asn for a, p in state.peers.items()} == want
+    assert state.global_ is not None and state.global_.asn == next(iter(want.values()))
