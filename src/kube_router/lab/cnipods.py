@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kube_router.lab import podagent
+
 CNI_PATH = "/usr/lib/cni"
 CNI_TIMEOUT_S = 30.0
 CONF_POLL_S = 0.1
@@ -315,15 +317,7 @@ async def ask(
     src: CniPod, dst: str, proto: str, port: int, timeout: float = 1.0, sport: int = 0
 ) -> str | None:
     """Which pod answers ``src`` on ``dst`` (any address: a pod, a VIP); None: nobody."""
-    reader, writer = await asyncio.open_unix_connection(str(src.control))
-    try:
-        req = {"dst": dst, "proto": proto, "port": port, "timeout": timeout, "sport": sport}
-        writer.write(json.dumps(req).encode() + b"\n")
-        await writer.drain()
-        answer = json.loads(await reader.readline())
-    finally:
-        writer.close()
-    return str(answer["peer"]) if answer["ok"] else None
+    return await podagent.ask_control(str(src.control), dst, proto, port, timeout, sport)
 
 
 async def reaches(

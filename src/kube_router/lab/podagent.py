@@ -144,5 +144,21 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.run(serve(args.name, ports, args.control, args.ipv6))
 
 
+async def ask_control(
+    control: str, dst: str, proto: str, port: int, timeout: float = 1.0, sport: int = 0
+) -> str | None:
+    """Ask the pod agent behind the unix socket ``control`` to connect to ``dst``: the address
+    of the pod that answered, or None when nobody did."""
+    reader, writer = await asyncio.open_unix_connection(control)
+    try:
+        req = {"dst": dst, "proto": proto, "port": port, "timeout": timeout, "sport": sport}
+        writer.write(json.dumps(req).encode() + b"\n")
+        await writer.drain()
+        answer = json.loads(await reader.readline())
+    finally:
+        writer.close()
+    return str(answer["peer"]) if answer["ok"] else None
+
+
 if __name__ == "__main__":
     main()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 
+from kube_router.lab import podagent
 from kube_router.lab.netns import ip
 
 BRIDGE = "kube-bridge"
@@ -202,15 +203,7 @@ class PodNetwork:
         self, src: LabPod, dst: str, proto: str, port: int, timeout: float = 1.0, sport: int = 0
     ) -> str | None:
         """Which pod answers ``src`` on ``dst`` (any address, a VIP too); None: nobody."""
-        reader, writer = await asyncio.open_unix_connection(str(src.control))
-        try:
-            req = {"dst": dst, "proto": proto, "port": port, "timeout": timeout, "sport": sport}
-            writer.write(json.dumps(req).encode() + b"\n")
-            await writer.drain()
-            answer = json.loads(await reader.readline())
-        finally:
-            writer.close()
-        return str(answer["peer"]) if answer["ok"] else None
+        return await podagent.ask_control(str(src.control), dst, proto, port, timeout, sport)
 
     async def probe(
         self,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from kube_router.bgp.canon import WELL_KNOWN_COMMUNITIES
 from kube_router.goparse import parse_uint
 
 COMMUNITIES_ANNOTATION: Final = "kube-router.io/node.bgp.communities"
@@ -28,22 +29,7 @@ _HALF: Final = 16  # bits in each half of "a:b"
 _LOW16: Final = 0xFFFF
 
 #: gobgpd 3.10's well-known community names (pkg/packet/bgp WellKnownCommunityNameMap).
-WELL_KNOWN: Final[dict[str, int]] = {
-    "internet": 0x00000000,
-    "planned-shut": 0xFFFF0000,
-    "accept-own": 0xFFFF0001,
-    "route-filter-translated-v4": 0xFFFF0002,
-    "route-filter-v4": 0xFFFF0003,
-    "route-filter-translated-v6": 0xFFFF0004,
-    "route-filter-v6": 0xFFFF0005,
-    "llgr-stale": 0xFFFF0006,
-    "no-llgr": 0xFFFF0007,
-    "blackhole": 0xFFFF029A,
-    "no-export": 0xFFFFFF01,
-    "no-advertise": 0xFFFFFF02,
-    "no-export-subconfed": 0xFFFFFF03,
-    "no-peer": 0xFFFFFF04,
-}
+WELL_KNOWN: Final[dict[str, int]] = WELL_KNOWN_COMMUNITIES
 
 #: RFC 8326 renamed 0xFFFF0000 GRACEFUL_SHUTDOWN; gobgpd 3.10 still calls it planned-shut.
 ALIASES: Final[dict[str, str]] = {"graceful-shutdown": "planned-shut"}
