@@ -42,6 +42,7 @@ Public API (for the controller):
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
@@ -127,6 +128,12 @@ class BatchResult:
         return not self.failures and not self.errors
 
 
+@functools.lru_cache(maxsize=64)
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A node subnet, parsed once (it is asked about for every learned route)."""
+    return ipaddress.ip_network(cidr, strict=False)
+
+
 def tunnel_route(tunnel: Tunnel) -> Route:
     """``REMOTE/32 dev tun-x table 77 proto 17``."""
     return Route(host_prefix(tunnel.remote), dev=tunnel.name, table=OVERLAY_TABLE)
@@ -182,7 +189,7 @@ class RouteInjector:
     def _on_local_subnet(self, address: str) -> bool:
         ip = ipaddress.ip_address(address)
         for cidr in self.node.subnets:
-            net = ipaddress.ip_network(cidr, strict=False)
+            net = _network(cidr)
             if net.version == ip.version and ip in net:
                 return True
         return False
@@ -319,12 +326,14 @@ class RouteInjector:
             if decision.route != old_route or (decision.tunnel and decision.tunnel.name in fresh):
                 replace_routes.append(decision.route)
             self._decided[prefix] = decision
-        # A tunnel recreated lost every route through it, those of other prefixes too.
-        replace_routes += [
-            d.route
-            for p, d in self._decided.items()
-            if p not in new and d.route is not None and d.tunnel and d.tunnel.name in fresh
-        ]
+        # A tunnel recreated lost every route through it, those of other prefixes too. (Only
+        # then is the whole map walked: a burst costs its own size, not the map's.)
+        if fresh:
+            replace_routes += [
+                d.route
+                for p, d in self._decided.items()
+                if p not in new and d.route is not None and d.tunnel and d.tunnel.name in fresh
+            ]
         await self._apply(replace_routes, delete_routes, result)
         await self._collect_tunnels(result)
         return result
@@ -374,6 +383,8 @@ class RouteInjector:
     async def _collect_tunnels(self, result: BatchResult) -> None:
         """Delete the tunnels no route uses, unless their peer is established (and they are
         what the settings would make now)."""
+        if not self._tunnels:  # no tunnel to weigh: the map is not walked for each burst
+            return
         used = {d.tunnel.name for d in self._decided.values() if d.tunnel is not None}
         for name, tunnel in list(self._tunnels.items()):
             if name in used:
