@@ -55,7 +55,7 @@ from kube_router.lab import cluster as lab
 from kube_router.lab import underlay
 from kube_router.lab.bgprouter import API_TIMEOUT_S, GOBGPD, ExternalRouter, Neighbor
 from kube_router.lab.cluster import Cluster, ClusterNode, ClusterSpec
-from routing_monitor import RouteMonitor, WireMonitor, memory_kib
+from routing_monitor import RouteMonitor, WireMonitor, cpu_s, memory_kib
 
 PREFIX = "krbench"
 SUBNETS = ("10.77.0.0/16", "10.78.0.0/16")
@@ -77,6 +77,7 @@ AGENT_FLAGS = (
     f"--peer-router-asns={PEER_ASN}",
 )
 DASH = "\u2013"
+CPU_OF = ("agent", "agent_gobgpd", "peer_gobgpd")  # the peer's is not read after its kill
 
 
 def route_prefix(k: int) -> str:
@@ -242,6 +243,10 @@ class Bench:
         gobgpd = int((self.node.run_dir / "gobgpd.pid").read_text().split()[0])
         return {"agent": self.agent.pid, "agent_gobgpd": gobgpd, "peer_gobgpd": self.peer.proc.pid}
 
+    def cpu(self, *names: str) -> dict[str, float]:
+        pids = self.pids()
+        return {name: cpu_s(pids[name]) for name in names}
+
     def memory(self) -> dict[str, tuple[int, int]]:
         return {name: memory_kib(pid) for name, pid in self.pids().items()}
 
@@ -271,10 +276,12 @@ class Bench:
         try:
             await engine.get_global()  # the channel connected before the clock starts
             self.monitor.arm(len(self.paths))
+            cpu0 = self.cpu(*CPU_OF)
             t0 = time.monotonic()
             await engine.sync_paths(self.paths)
             sent = time.monotonic()
             first, done = await asyncio.to_thread(self.monitor.wait, PHASE_TIMEOUT_S)
+            cpu1 = self.cpu(*CPU_OF)
         finally:
             await engine.close()
         rib_done = await self.rib.wait(t0, len(self.paths), RIB_LAG_S)
@@ -288,6 +295,7 @@ class Bench:
             "first_rib_s": _since(t0, first_after(self.rib.timeline, t0)),
             "all_rib_s": _since(t0, rib_done),
             "first_kernel_s": _since(t0, first),
+            **{f"cpu_{k}_s": cpu1[k] - cpu0[k] for k in CPU_OF},
         }
 
     async def withdraw(self) -> dict[str, float]:
@@ -298,9 +306,11 @@ class Bench:
             if fh.read().strip() != GOBGPD:
                 raise RuntimeError(f"pid {proc.pid} is not the peer's gobgpd")
         self.monitor.arm(0)
+        cpu0 = self.cpu(*CPU_OF[:2])
         t0 = time.monotonic()
         os.kill(proc.pid, signal.SIGKILL)
         first, done = await asyncio.to_thread(self.monitor.wait, PHASE_TIMEOUT_S)
+        cpu1 = self.cpu(*CPU_OF[:2])
         proc.wait()
         rib_done = await self.rib.wait(t0, 0, RIB_LAG_S)
         closed = next((t for t, _, closing in self.wire.timeline if t >= t0 and closing), None)
@@ -310,6 +320,7 @@ class Bench:
             "first_rib_s": _since(t0, first_after(self.rib.timeline, t0)),
             "all_rib_s": _since(t0, rib_done),
             "first_kernel_s": _since(t0, first),
+            **{f"cpu_{k}_s": cpu1[k] - cpu0[k] for k in CPU_OF[:2]},
         }
 
 
@@ -359,6 +370,8 @@ def table(r: dict[str, Any], n: int) -> list[str]:
         (f"{DASH} first / all best paths on the agent's gobgpd (a watch of the benchmark's)",
          DASH, _medians(r, "install", "first_rib", "all_rib")),
         (f"{DASH} first route in the kernel", DASH, _medians(r, "install", "first_kernel")),
+        (f"{DASH} CPU used meanwhile: agent / its gobgpd / the peer's gobgpd", DASH,
+         _medians(r, "install", "cpu_agent", "cpu_agent_gobgpd", "cpu_peer_gobgpd")),
         ("withdraw: `kill -9` of the peer's gobgpd → all gone from the node's kernel",
          bar("withdraw"), _cell(r, "withdraw", "total")),
         (f"{DASH} the peer's FIN or RST on the node's wire", DASH,
@@ -367,6 +380,8 @@ def table(r: dict[str, Any], n: int) -> list[str]:
          _medians(r, "withdraw", "first_rib", "all_rib")),
         (f"{DASH} first route gone from the kernel", DASH,
          _medians(r, "withdraw", "first_kernel")),
+        (f"{DASH} CPU used meanwhile: agent / its gobgpd", DASH,
+         _medians(r, "withdraw", "cpu_agent", "cpu_agent_gobgpd")),
         ("VmRSS idle → with the routes: agent / its gobgpd / the peer's gobgpd", DASH,
          f"{mem} MiB"),
         ("VmHWM (peak): agent / its gobgpd", DASH,

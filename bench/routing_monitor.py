@@ -9,13 +9,15 @@ raise instead of reporting a wrong figure.
 
 Pure helpers (unit-tested): :func:`route_changes` decodes the notifications of one ``recv``,
 :func:`parse_ip_route` the output of ``ip route show``, :func:`parse_status_kib` the memory lines
-of ``/proc/<pid>/status``.
+of ``/proc/<pid>/status``,
+:func:`parse_stat_ticks` the CPU time in ``/proc/<pid>/stat``.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 import struct
 import subprocess
@@ -35,6 +37,7 @@ KUBE_ROUTER_PROTO: Final = 17
 MONITOR_RCVBUF: Final = 64 * 1024 * 1024
 RECV_BYTES: Final = 1024 * 1024
 READ_TIMEOUT_S: Final = 0.2
+STAT_UTIME: Final = 11  # utime's index in /proc/<pid>/stat after the ")" closing the name
 ETH_P_IP: Final = 0x0800
 IPPROTO_TCP: Final = 6
 BGP_PORT: Final = 179
@@ -112,6 +115,19 @@ def parse_status_kib(text: str, key: str) -> int:
         if name == key:
             return int(rest.split()[0])
     raise KeyError(f"no {key} in the status text")
+
+
+def parse_stat_ticks(text: str) -> int:
+    """utime + stime (clock ticks) from a ``/proc/<pid>/stat`` line (the name may hold
+    spaces and parentheses: fields are counted after its last ``)``)."""
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[STAT_UTIME]) + int(fields[STAT_UTIME + 1])
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used, in seconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        return parse_stat_ticks(fh.read()) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
