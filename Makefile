@@ -37,10 +37,11 @@ fmt: setup ## format the code with ruff
 fmt-check: setup ## check formatting without changing files
 	$(VENV)/bin/ruff format --check src tests bench
 
-bench: setup ## run the benchmarks under bench/ (figures go into docs/benchmarks.md; netpol needs root)
+bench: setup ## run the benchmarks under bench/ (figures go into docs/benchmarks.md; netpol and routing need root)
 	$(PY) bench/informer.py
 	$(PY) bench/netpol.py
 	$(PY) bench/proxy.py
+	$(PY) bench/routing.py
 
 demo: setup ## start a lab cluster on this machine (API server + nodes in netns + agents)
 	$(PY) -m kube_router.lab.demo up
