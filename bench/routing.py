@@ -71,6 +71,7 @@ SETTLE_S = 1.0
 POLL_S = 0.01
 RIB_LAG_S = 10.0  # how long the benchmark's own watch may trail the kernel
 KIB = 1024
+INTERRUPTED = 130
 AGENT_FLAGS = (
     "--run-service-proxy=false",
     "--run-firewall=false",
@@ -435,10 +436,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.profile:
         args.profile = args.profile.resolve()
-    with workspace(args.keep) as workdir:
-        bench = Bench(args, workdir)
-        runs = asyncio.run(bench.run())
-        result = aggregate(runs, bench.idle_kib)
+    try:
+        with workspace(args.keep) as workdir:
+            bench = Bench(args, workdir)
+            runs = asyncio.run(bench.run())
+            result = aggregate(runs, bench.idle_kib)
+    except KeyboardInterrupt:
+        print("interrupted; the lab's namespaces and processes are removed", file=sys.stderr)
+        return INTERRUPTED
     print(
         f"# routing benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()}, "
         f"{os.cpu_count()} CPUs, kernel {platform.release()}, Python {platform.python_version()}"
