@@ -9,9 +9,7 @@ gobgpd runs without a listener (listen_port -1) with its API on a unix socket in
 from __future__ import annotations
 
 import shutil
-import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -314,22 +312,6 @@ SCENARIOS = [
         error="two different paths",
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def gobgpd_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One gobgpd for the module (no listener); each test starts from StopBgp/StartBgp."""
-    sock = tmp_path_factory.mktemp("gobgpd") / "api.sock"
-    argv = ["gobgpd", "--api-hosts", f"unix://{sock}", "--pprof-disable", "-l", "warn"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not sock.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"unix://{sock}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture

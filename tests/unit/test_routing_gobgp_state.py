@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import shutil
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -91,22 +89,6 @@ async def push(engine: BgpEngine, desired: Desired) -> None:
     await engine.sync_peers(desired.peers)
     await engine.sync_policies(desired.policies)
     await engine.sync_paths(desired.paths)
-
-
-@pytest.fixture(scope="module")
-def gobgpd_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One gobgpd for the module; each test starts it afresh with StopBgp/StartBgp."""
-    sock = tmp_path_factory.mktemp("gobgpd-routing") / "api.sock"
-    argv = ["gobgpd", "--api-hosts", f"unix://{sock}", "--pprof-disable", "-l", "warn"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not sock.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"unix://{sock}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 class RecordingEngine(GrpcEngine):
