@@ -48,6 +48,7 @@ from kube_router.dataplane.ipvs import Family
 from kube_router.k8s.informer import FuncHandler
 from kube_router.k8s.informers import SERVICE_NAME_INDEX
 from kube_router.k8s.models import EndpointSlice, Node, Service, object_key
+from kube_router.node import NodeIdentityError, primary_ip
 
 log = logging.getLogger(__name__)
 
@@ -411,8 +412,6 @@ class RoutingController(Controller):
 
 
 def _primary(node: Node) -> str:
-    from kube_router.node import NodeIdentityError, primary_ip  # noqa: PLC0415
-
     try:
         return str(primary_ip(node))
     except NodeIdentityError:

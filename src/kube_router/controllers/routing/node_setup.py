@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
@@ -32,8 +33,6 @@ class NodeSetupError(Exception):
 
 
 def _env(ctrl: RoutingController) -> dict[str, str]:
-    import os  # noqa: PLC0415
-
     return dict(os.environ if ctrl.env is None else ctrl.env)
 
 

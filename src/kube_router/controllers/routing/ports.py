@@ -99,7 +99,7 @@ def daemon_config(cfg: Any, env: Mapping[str, str]) -> DaemonConfig:
         socket_path=socket,
         admin_address=str(cfg.gobgp_admin_address),
         admin_port=int(cfg.gobgp_admin_port),
-        log_level="debug" if int(getattr(cfg, "v", 0) or 0) >= 2 else "info",
+        log_level="debug" if int(cfg.v) >= 2 else "info",
     )
 
 
