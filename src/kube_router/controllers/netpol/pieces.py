@@ -14,6 +14,7 @@ from kube_router.k8s.models import Pod
 
 HASH_IP: Final = "hash:ip"
 HASH_NET: Final = "hash:net"
+LIST_SET: Final = "list:set"  # the kernel form of policy sets: see pools.py
 NOMATCH: Final = "nomatch"
 FINISHED_PHASES: Final = frozenset({"Succeeded", "Failed", "Completed"})
 
