@@ -7,11 +7,19 @@ set is never seen empty or half-filled. ``ipset restore`` itself is *not* atomic
 
 We own what carries our name: only sets whose name (without the ``inet6:`` prefix) starts with one
 of :data:`OWNED_PREFIXES` are ever read into state, written or destroyed.
+
+``list:set`` sets hold other sets by name. The kernel gives them no family, hashsize or maxelem
+(ipset refuses those options), only ``size`` (at least 4, and no longer a limit: the kernel's
+lists grow past it). Our :class:`SetSpec` still carries a family for a list:set, for our own
+bookkeeping only: it is never written, and read back from the name (``inet6:`` prefix -> inet6).
+Like every set of ours they are created with ``timeout 0`` (as upstream creates all its sets;
+``ipset save`` prints it back, with ``timeout 0`` on each member line, which the parser drops).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,6 +31,8 @@ from kube_router.dataplane.ipset_entry import (
     HASH_IP_PORT,
     INET,
     INET6,
+    LIST_SET,
+    MAX_NAME_LEN,
     NOMATCH,
     PORT_PROTOCOLS,
     PROTO_TEXT,
@@ -30,25 +40,29 @@ from kube_router.dataplane.ipset_entry import (
     InvalidEntryError,
     IPSetError,
     normalize_entry,
+    valid_set_name,
 )
 
 log = logging.getLogger(__name__)
 
-MAX_NAME_LEN = 31  # IPSET_MAXNAMELEN (32) minus the NUL
 DEFAULT_MAXELEM = 65536
 DEFAULT_HASHSIZE = 1024
 DEFAULT_TIMEOUT = 0  # kube-router creates every set with "timeout 0" (timeout support, permanent)
+DEFAULT_LIST_SIZE = 8  # list:set "size" when none is given
+MIN_LIST_SIZE = 4  # the kernel raises a smaller list:set size to this
 IPV6_PREFIX = "inet6:"
 TMP_PREFIX = "TMP-"
 TMP_HASH_BYTES = 10  # 10 bytes of sha1 -> 16 base32 characters, as upstream
-OWNED_PREFIXES = ("kube-router-", "KUBE-SRC-", "KUBE-DST-", TMP_PREFIX)
+OWNED_PREFIXES = ("kube-router-", "KUBE-SRC-", "KUBE-DST-", "KUBE-POOL-", TMP_PREFIX)
 IPSET = "ipset"
 
 __all__ = [
     "DEFAULT_HASHSIZE",
+    "DEFAULT_LIST_SIZE",
     "DEFAULT_MAXELEM",
     "INET",
     "INET6",
+    "LIST_SET",
     "MAX_NAME_LEN",
     "OWNED_PREFIXES",
     "IPSetError",
@@ -64,6 +78,7 @@ __all__ = [
     "Transaction",
     "base_name",
     "family_name",
+    "list_family",
     "normalize_entry",
     "owned",
     "parse_save",
@@ -106,7 +121,7 @@ class IPSetRestoreError(IPSetError):
 
 
 def check_name(name: str) -> str:
-    if not name or len(name) > MAX_NAME_LEN or any(c.isspace() for c in name):
+    if not valid_set_name(name):
         raise InvalidNameError(f"invalid ipset name {name!r} (1..{MAX_NAME_LEN} chars, no spaces)")
     return name
 
@@ -124,6 +139,11 @@ def base_name(name: str) -> str:
     return name.removeprefix(IPV6_PREFIX)
 
 
+def list_family(name: str) -> str:
+    """The family we give a list:set (the kernel keeps none): inet6 for an ``inet6:`` name."""
+    return INET6 if name.startswith(IPV6_PREFIX) else INET
+
+
 def owned(name: str, prefixes: Sequence[str] = OWNED_PREFIXES) -> bool:
     """Whether a set is ours: its base name starts with one of ``prefixes``."""
     return base_name(name).startswith(tuple(prefixes))
@@ -132,7 +152,12 @@ def owned(name: str, prefixes: Sequence[str] = OWNED_PREFIXES) -> bool:
 @dataclass(frozen=True)
 class SetSpec:
     """What a set is: name, type, family and create options. ``timeout`` None = no timeout
-    support (foreign sets only; ours always have ``timeout 0``)."""
+    support (foreign sets only; ours always have ``timeout 0``).
+
+    A list:set (``SetSpec(name, LIST_SET, family)``) takes ``size`` and no maxelem or hashsize
+    (they must stay at their defaults); its family is ours only, never written, and must be the
+    one its name gives (:func:`list_family`), so that what we build equals what we read back.
+    Hash sets take no ``size``."""
 
     name: str
     type: str
@@ -140,6 +165,7 @@ class SetSpec:
     maxelem: int = DEFAULT_MAXELEM
     hashsize: int = DEFAULT_HASHSIZE
     timeout: int | None = DEFAULT_TIMEOUT
+    size: int = DEFAULT_LIST_SIZE
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -149,12 +175,32 @@ class SetSpec:
             raise ValueError(f"unknown family {self.family!r}")
         if self.maxelem <= 0 or self.hashsize <= 0:
             raise ValueError("maxelem and hashsize must be positive")
+        if self.type == LIST_SET:
+            if self.family != list_family(self.name):
+                raise ValueError(
+                    f"{self.name}: a list:set's family is its name's ({list_family(self.name)})"
+                )
+            if (self.maxelem, self.hashsize) != (DEFAULT_MAXELEM, DEFAULT_HASHSIZE):
+                raise ValueError(f"{self.name}: a list:set has no maxelem or hashsize")
+            if self.size < MIN_LIST_SIZE:
+                raise ValueError(
+                    f"{self.name}: list:set size {self.size} < {MIN_LIST_SIZE} (the kernel "
+                    "would make it 4)"
+                )
+        elif self.size != DEFAULT_LIST_SIZE:
+            raise ValueError(f"{self.name}: only a list:set has a size")
 
     def options(self) -> str:
-        """Create options as upstream spells them (this string seeds the TMP- name)."""
+        """Create options as upstream spells them (this string seeds the TMP- name). A list:set
+        gives ``list:set timeout 0`` (and ``size N`` when not 8): no family, hashsize or maxelem,
+        which ipset refuses for it."""
         opts = [self.type]
         if self.timeout is not None:
             opts += ["timeout", str(self.timeout)]
+        if self.type == LIST_SET:
+            if self.size != DEFAULT_LIST_SIZE:
+                opts += ["size", str(self.size)]
+            return " ".join(opts)
         if self.family == INET6:
             opts += ["family", INET6]
         if self.hashsize != DEFAULT_HASHSIZE:
@@ -164,7 +210,9 @@ class SetSpec:
         return " ".join(opts)
 
     def renamed(self, name: str) -> SetSpec:
-        return SetSpec(name, self.type, self.family, self.maxelem, self.hashsize, self.timeout)
+        """The same set under another name (a list:set takes the new name's family)."""
+        family = list_family(name) if self.type == LIST_SET else self.family
+        return dataclasses.replace(self, name=name, family=family)
 
 
 @dataclass(frozen=True)
@@ -185,7 +233,16 @@ def tmp_name(spec: SetSpec) -> str:
 
 _PROTO_NUMBER = {**PORT_PROTOCOLS, **{str(n): n for n in PORT_PROTOCOLS.values()}}
 # create-line options that take a value and that we record or drop
-_VALUE_OPTIONS = {"family", "hashsize", "maxelem", "timeout", "initval", "bucketsize", "netmask"}
+_VALUE_OPTIONS = {
+    "family",
+    "hashsize",
+    "maxelem",
+    "timeout",
+    "size",
+    "initval",
+    "bucketsize",
+    "netmask",
+}
 
 
 def _parse_create(tokens: list[str], lineno: int) -> SetSpec:
@@ -200,14 +257,18 @@ def _parse_create(tokens: list[str], lineno: int) -> SetSpec:
             i += 2
         else:
             i += 1  # flags such as counters, comment, forceadd: not modelled
+    timeout = int(values["timeout"]) if "timeout" in values else None
     try:
+        if set_type == LIST_SET:
+            size = int(values.get("size", DEFAULT_LIST_SIZE))
+            return SetSpec(name, set_type, list_family(name), timeout=timeout, size=size)
         return SetSpec(
             name,
             set_type,
             values.get("family", INET),
             int(values.get("maxelem", DEFAULT_MAXELEM)),
             int(values.get("hashsize", DEFAULT_HASHSIZE)),
-            int(values["timeout"]) if "timeout" in values else None,
+            timeout,
         )
     except ValueError as err:
         raise IPSetParseError(f"line {lineno}: {err}") from err
@@ -231,6 +292,9 @@ def _save_entry(set_type: str, parts: list[str]) -> str:
 def parse_save(text: str, prefixes: Sequence[str] | None = OWNED_PREFIXES) -> dict[str, SetState]:
     """Sets (spec + canonical entries) from ``ipset save`` output, ours only unless
     ``prefixes`` is None. ``initval``/``bucketsize`` are dropped, entry timeouts ignored.
+
+    A list:set's entries are its member set names (their order is lost) and its family, which
+    the kernel does not keep, is taken from its name: ``inet6:`` prefix -> inet6, else inet.
 
     ``ipset save`` prints each set's ``add`` lines right after its ``create`` line; that run
     (hundreds of thousands of lines at scale) is taken in one sweep."""
@@ -282,10 +346,13 @@ def render_save(states: Mapping[str, SetState]) -> str:
     for name, state in states.items():
         spec = state.spec
         timeout = f" timeout {spec.timeout}" if spec.timeout is not None else ""
-        lines.append(
-            f"create {name} {spec.type} family {spec.family} hashsize {spec.hashsize} "
-            f"maxelem {spec.maxelem}{timeout}"
-        )
+        if spec.type == LIST_SET:
+            lines.append(f"create {name} {spec.type} size {spec.size}{timeout}")
+        else:
+            lines.append(
+                f"create {name} {spec.type} family {spec.family} hashsize {spec.hashsize} "
+                f"maxelem {spec.maxelem}{timeout}"
+            )
         lines += [f"add {name} {entry}" for entry in sorted(state.entries)]
     return "".join(f"{line}\n" for line in lines)
 

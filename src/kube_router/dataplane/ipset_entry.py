@@ -8,6 +8,9 @@ set when it parses to exactly one kernel element without a kernel-side error.
 
 A kernel element is a key ``(address, prefix length, protocol, port)`` plus a ``nomatch`` flag,
 which is a value, not part of the identity (re-adding with ``-exist`` flips it).
+
+A ``list:set`` element is the name of another set (:attr:`ParsedElement.member`, no keys); its
+canonical text is the name itself.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from dataclasses import dataclass
 HASH_IP = "hash:ip"
 HASH_NET = "hash:net"
 HASH_IP_PORT = "hash:ip,port"
-SET_TYPES = (HASH_IP, HASH_NET, HASH_IP_PORT)
+LIST_SET = "list:set"
+SET_TYPES = (HASH_IP, HASH_NET, HASH_IP_PORT, LIST_SET)
+MAX_NAME_LEN = 31  # IPSET_MAXNAMELEN (32) minus the NUL
 INET = "inet"
 INET6 = "inet6"
 FAMILIES = (INET, INET6)
@@ -48,6 +53,7 @@ MAX_FAKE_EXPANSION = 1 << 16
 ATTR_HDR = 4
 ATTR_SCALAR = 8  # u8/u16/u32 attribute
 ADDR_ATTR = {INET: 12, INET6: 24}  # nest header + address attribute
+ATTR_ALIGN = 4
 
 # inet_aton forms ipset accepts and we do not model: octal/hex parts, fewer than four parts
 _ATON_LIKE = re.compile(r"^(0x[0-9a-fA-F]+|[0-9]+)(\.(0x[0-9a-fA-F]+|[0-9]+)){0,3}$")
@@ -90,6 +96,7 @@ class ParsedElement:
     wire_size: int
     kernel_error: str | None = None
     timeout: bool = False  # an explicit per-element timeout was given
+    member: str = ""  # list:set: the name of the member set
 
 
 def format_addr(value: int, family: str) -> str:
@@ -276,6 +283,25 @@ def _hash_ip_port(family: str, text: str) -> ParsedElement:
     return ParsedElement(keys, False, addr.wire + wire)
 
 
+def name_too_long(name: str) -> EntryError:
+    """What ipset says (naming the line) for a set name over 31 characters."""
+    return EntryError(f"Syntax error: setname '{name}' is longer than {MAX_NAME_LEN} characters")
+
+
+def _list_member(tokens: list[str]) -> ParsedElement:
+    """A list:set element: a set name (its existence is the kernel's business) and options."""
+    name, rest = tokens[0], tokens[1:]
+    if len(name) > MAX_NAME_LEN:
+        raise name_too_long(name)
+    if rest and rest[0] in ("before", "after"):
+        raise FakeUnsupportedError(f"list:set positions ({rest[0]}) are not modelled")
+    _, extra, has_timeout = _options(rest, allow_nomatch=False)
+    name_attr = -(-(ATTR_HDR + len(name) + 1) // ATTR_ALIGN) * ATTR_ALIGN  # NUL, 4-aligned
+    # DATA nest header + IPSET_ATTR_NAME + options + IPSET_ATTR_LINENO
+    wire = ATTR_HDR + name_attr + extra + ATTR_SCALAR
+    return ParsedElement([], False, wire, timeout=has_timeout, member=name)
+
+
 def parse_element(
     set_type: str, family: str, tokens: list[str], *, adding: bool = True
 ) -> ParsedElement:
@@ -283,6 +309,8 @@ def parse_element(
     takes no ``nomatch``) line, as ``ipset`` does."""
     if not tokens:
         raise EntryError("Missing element", with_line=False, returncode=2)
+    if set_type == LIST_SET:
+        return _list_member(tokens)
     text, rest = tokens[0], tokens[1:]
     if set_type == HASH_IP_PORT:
         parsed = _hash_ip_port(family, text)
@@ -296,6 +324,11 @@ def parse_element(
     # DATA nest header + fields + IPSET_ATTR_LINENO
     parsed.wire_size = ATTR_HDR + addr_wire + parsed.wire_size + extra + ATTR_SCALAR
     return parsed
+
+
+def valid_set_name(name: str) -> bool:
+    """Whether ipset takes ``name`` as a set name: 1..31 characters, no whitespace."""
+    return 0 < len(name) <= MAX_NAME_LEN and not any(c.isspace() for c in name)
 
 
 def format_key(set_type: str, family: str, key: Key, nomatch: bool = False) -> str:
@@ -313,8 +346,17 @@ def format_key(set_type: str, family: str, key: Key, nomatch: bool = False) -> s
 def normalize_entry(set_type: str, family: str, entry: str) -> str:
     """The canonical text of ``entry`` for a set, or InvalidEntryError if ipset would not store
     exactly that one element (IPv6 in an inet set, a CIDR in hash:ip, a /0 in hash:net...).
+    A list:set entry is a set name (1..31 characters, no whitespace, so no ``nomatch``),
+    returned unchanged; any family's set may be a member.
 
     Cached: a pod IP sits in many sets, so a full sync normalises each distinct entry once."""
+    if set_type == LIST_SET:
+        if not valid_set_name(entry):
+            raise InvalidEntryError(
+                f"{entry!r} is not a valid list:set entry (a set name: 1..{MAX_NAME_LEN} "
+                "characters, no whitespace)"
+            )
+        return entry
     if set_type == HASH_IP:  # fast path for the common case; the full parser explains errors
         af = socket.AF_INET if family == INET else socket.AF_INET6
         with contextlib.suppress(OSError):
