@@ -24,10 +24,32 @@ real tool does, and this fake copies (checked against the kernel by tests/privil
   in an IPv6 hash:ip only ``/128`` is accepted. A range in hash:net becomes CIDR blocks.
 * Some messages name no line: unknown arguments (``nomatch`` on hash:ip, exit 2) and bad ports.
 
+``list:set`` (members are other sets, by name) as the kernel keeps it:
+
+* Its adds and dels are aggregated into messages like any other (an element is the member's
+  name: 24 bytes for a 5-character name, 48 for 30 characters, so 167 or 83 lines a message).
+  A member name over 31 characters is the tool's error; the rest are the kernel's, found when
+  the message is sent: a member that does not exist ("Set to be added/deleted/tested as element
+  does not exist.", for ``del`` too and even with ``-exist``), a member that is itself a list:set
+  ("Sets with list:set type cannot be added to the set.", for ``del`` too).
+* A member is referenced while it is in a list: destroying it fails ("in use by a kernel
+  component", as does destroying every set at once). The reference goes when the member is
+  deleted from the list or the list is flushed or destroyed; it stays with the *name* across a
+  ``swap`` (the kernel swaps reference counts with the names), so a pool replaced through a
+  TMP- set and ``swap`` stays referenced and the TMP- set can be destroyed.
+* Create options are ``size`` and ``timeout`` only (family, hashsize, maxelem: unknown argument,
+  exit 2); size is raised to at least 4 and is no limit (the kernel's lists grow past it);
+  ``create -exist`` compares size and timeout. Re-adding a member with ``-exist`` is a no-op,
+  without it "already added"; lists swap with lists only.
+* A packet matches a list:set when one of its members (in order) matches it; members of the
+  other family, or with more dimensions than the match gives, do not match (``contains``).
+  ``test`` asks, as ``ipset test`` does, whether a set *name* is a member.
+
 Not modelled (FakeUnsupportedError): host names (ipset resolves them), octal IPv4 forms,
 protocols other than tcp/udp/sctp/udplite with ports, element timeouts other than 0, set types
-other than hash:ip, hash:net and hash:ip,port, create flags such as counters or comment, and the
-small overshoot of maxelem the kernel allows when a huge range races its hash resize.
+other than hash:ip, hash:net, hash:ip,port and list:set, list:set ``before``/``after``
+positions, create flags such as counters or comment, and the small overshoot of maxelem the
+kernel allows when a huge range races its hash resize.
 """
 
 from __future__ import annotations
@@ -37,8 +59,10 @@ from dataclasses import dataclass, field
 
 from kube_router.dataplane.ipset import (
     DEFAULT_HASHSIZE,
+    DEFAULT_LIST_SIZE,
     DEFAULT_MAXELEM,
     MAX_NAME_LEN,
+    MIN_LIST_SIZE,
     OWNED_PREFIXES,
     IPSetRestoreError,
     SetNotFoundError,
@@ -47,6 +71,7 @@ from kube_router.dataplane.ipset import (
     Transaction,
     check_owned,
     destroy_transaction,
+    list_family,
     owned,
 )
 from kube_router.dataplane.ipset_entry import (
@@ -54,12 +79,16 @@ from kube_router.dataplane.ipset_entry import (
     HASH_IP_PORT,
     HASH_NET,
     HOST_BITS,
+    INET,
+    INET6,
+    LIST_SET,
     SET_TYPES,
     EntryError,
     FakeUnsupportedError,
     Key,
     ParsedElement,
     format_key,
+    name_too_long,
     parse_addr,
     parse_element,
 )
@@ -84,13 +113,20 @@ KNOWN_TYPES = (  # real ipset types the fake does not model
     "hash:ip,mark",
     "hash:net,port,net",
     "hash:net,iface",
-    "list:set",
 )
 IGNORED_CREATE = ("initval", "bucketsize")
+HASH_CREATE_OPTIONS = ("family", "hashsize", "maxelem", "timeout", *IGNORED_CREATE)
+LIST_CREATE_OPTIONS = ("size", "timeout")
+UNMODELLED_CREATE = ("counters", "comment", "forceadd", "skbinfo", "netmask")
+NUMBER_OPTIONS = ("hashsize", "maxelem", "timeout", "size")
 
 MSG_NO_SET = "The set with the given name does not exist"
 MSG_CREATE_CLASH = "Set cannot be created: set with the same name already exists"
 MSG_IN_USE = "Set cannot be destroyed: it is in use by a kernel component"
+MSG_NO_MEMBER = "Set to be added/deleted/tested as element does not exist."
+MSG_LOOP = "Sets with list:set type cannot be added to the set."
+MSG_ADDED = "Element cannot be added to the set: it's already added"
+MSG_NOT_ADDED = "Element cannot be deleted from the set: it's not added"
 
 
 class _Fail(Exception):
@@ -110,6 +146,8 @@ class _Set:
     timeout: int | None
     members: dict[Key, bool] = field(default_factory=dict)  # key -> nomatch
     cidrs: dict[int, int] = field(default_factory=dict)  # prefix length -> count (hash:net)
+    size: int = DEFAULT_LIST_SIZE  # list:set
+    names: list[str] = field(default_factory=list)  # list:set members, in order
 
     def put(self, key: Key, nomatch: bool) -> None:
         if key not in self.members:
@@ -125,8 +163,17 @@ class _Set:
     def clear(self) -> None:
         self.members.clear()
         self.cidrs.clear()
+        self.names.clear()
+
+    def create_key(self) -> tuple[str, int, int, int | None]:
+        """What ``create -exist`` compares: type, maxelem (list:set: size) and extensions
+        (timeout), not family or hashsize."""
+        return self.type, self.maxelem, self.size, self.timeout
 
     def state(self, name: str) -> SetState:
+        if self.type == LIST_SET:
+            spec = SetSpec(name, LIST_SET, list_family(name), timeout=self.timeout, size=self.size)
+            return SetState(spec, frozenset(self.names))
         spec = SetSpec(name, self.type, self.family, self.maxelem, self.hashsize, self.timeout)
         fmt = [format_key(self.type, self.family, k, nm) for k, nm in self.members.items()]
         return SetState(spec, frozenset(fmt))
@@ -198,7 +245,7 @@ class _Restore:
             raise _usage(f"Missing second mandatory argument to command {cmd}")
         for name in tokens[1:3] if cmd == "swap" else tokens[1:2]:
             if len(name) > MAX_NAME_LEN:
-                raise _Fail(lineno, f"Syntax error: setname '{name}' is longer than 31 characters")
+                raise name_too_long(name)
         if cmd == "create":
             self._create_spec(lineno, tokens)
 
@@ -209,7 +256,7 @@ class _Restore:
             raise _usage(f"Missing second mandatory argument to command {cmd}")
         name = tokens[1]
         if len(name) > MAX_NAME_LEN:
-            raise _Fail(lineno, f"Syntax error: setname '{name}' is longer than 31 characters")
+            raise name_too_long(name)
         target = self.sets.get(name)
         if target is None:
             raise _Fail(lineno, MSG_NO_SET)
@@ -237,26 +284,46 @@ class _Restore:
             if reason is not None:
                 raise _Fail(lineno, reason)
 
-    @staticmethod
-    def _apply(target: _Set, cmd: str, element: ParsedElement, exist: bool) -> str | None:
+    def _apply(self, target: _Set, cmd: str, element: ParsedElement, exist: bool) -> str | None:
         if element.kernel_error:
             return element.kernel_error
         if element.timeout and target.timeout is None:
             return "Timeout cannot be used: set was created without timeout support"
+        if target.type == LIST_SET:
+            return self._apply_member(target, cmd, element.member, exist)
         for key in element.keys:
             if cmd == "del":
                 if key in target.members:
                     target.remove(key)
                 elif not exist:
-                    return "Element cannot be deleted from the set: it's not added"
+                    return MSG_NOT_ADDED
             elif key in target.members:
                 if not exist:
-                    return "Element cannot be added to the set: it's already added"
+                    return MSG_ADDED
                 target.members[key] = element.nomatch
             elif len(target.members) >= target.maxelem:
                 return "Hash is full, cannot add more elements"
             else:
                 target.put(key, element.nomatch)
+        return None
+
+    def _apply_member(self, target: _Set, cmd: str, name: str, exist: bool) -> str | None:
+        """One list:set element, in the kernel's order of checks (list_set_uadt)."""
+        member = self.sets.get(name)
+        if member is None:
+            return MSG_NO_MEMBER
+        if member.type == LIST_SET:
+            return MSG_LOOP
+        if name in target.names:
+            if cmd == "add":
+                return None if exist else MSG_ADDED
+            target.names.remove(name)
+            self.fake.release(name)
+        elif cmd == "del":
+            return None if exist else MSG_NOT_ADDED
+        else:
+            target.names.append(name)
+            self.fake.refs[name] = self.fake.refs.get(name, 0) + 1
         return None
 
     # --- the other commands (each applied at once) -------------------------------------------
@@ -268,10 +335,11 @@ class _Restore:
                 raise FakeUnsupportedError(f"line {lineno}: type {set_type} is not modelled")
             raise _Fail(lineno, f"Syntax error: typename '{set_type}' is unknown")
         new = _Set(set_type, FAMILIES[0], DEFAULT_MAXELEM, DEFAULT_HASHSIZE, None)
+        allowed = LIST_CREATE_OPTIONS if set_type == LIST_SET else HASH_CREATE_OPTIONS
         for i in range(0, len(opts), 2):
             opt, value = opts[i], opts[i + 1] if i + 1 < len(opts) else None
-            if opt not in ("family", "hashsize", "maxelem", "timeout", *IGNORED_CREATE):
-                if opt in ("counters", "comment", "forceadd", "skbinfo", "netmask"):
+            if opt not in allowed:
+                if opt in UNMODELLED_CREATE:
                     raise FakeUnsupportedError(f"line {lineno}: create option {opt}")
                 raise _usage(f"Unknown argument: `{opt}'")
             if value is None:
@@ -280,13 +348,14 @@ class _Restore:
                 if value not in FAMILIES:
                     raise _Fail(lineno, f"Syntax error: unknown inet family {value}")
                 new.family = value
-            elif opt in ("hashsize", "maxelem", "timeout"):
+            elif opt in NUMBER_OPTIONS:
                 if not value.isdigit():
                     raise _Fail(lineno, f"Syntax error: '{value}' is invalid as number")
                 setattr(new, opt, int(value))
         if new.maxelem == 0 or new.timeout not in (None, 0):
             raise FakeUnsupportedError(f"line {lineno}: maxelem 0 / non-zero timeout")
         new.hashsize = max(MIN_HASHSIZE, 1 << (new.hashsize - 1).bit_length())
+        new.size = max(MIN_LIST_SIZE, new.size)
         return new
 
     def _create(self, lineno: int, tokens: list[str], exist: bool) -> None:
@@ -295,18 +364,16 @@ class _Restore:
         if old is None:
             self.sets[tokens[1]] = new
             return
-        # the kernel compares type, maxelem and extensions (timeout), not family or hashsize
-        same = (old.type, old.maxelem, old.timeout) == (new.type, new.maxelem, new.timeout)
-        if not (exist and same):
+        if not (exist and old.create_key() == new.create_key()):
             raise _Fail(lineno, MSG_CREATE_CLASH)
 
     def _destroy(self, lineno: int, tokens: list[str], exist: bool) -> None:
         names = tokens[1:2] or list(self.sets)
-        if any(self.fake.is_referenced(n) for n in names if n in self.sets):
+        if any(self.fake.referenced(n) for n in names if n in self.sets):
             raise _Fail(lineno, MSG_IN_USE)
         for name in names:
             if name in self.sets:
-                del self.sets[name]
+                self.fake.release_members(self.sets.pop(name))
             elif not exist:
                 raise _Fail(lineno, MSG_NO_SET)
 
@@ -315,6 +382,7 @@ class _Restore:
         for name in names:
             if name not in self.sets:
                 raise _Fail(lineno, MSG_NO_SET)
+            self.fake.release_members(self.sets[name])
             self.sets[name].clear()
 
     def _swap(self, lineno: int, tokens: list[str], exist: bool) -> None:
@@ -337,12 +405,28 @@ class FakeIPSets:
     """The ipset port in memory, with the real tool's semantics (see the module docstring).
 
     ``is_referenced(name)`` stands in for iptables rules using a set (references follow the
-    name across ``swap``, as in the kernel).
+    name across ``swap``, as in the kernel); ``refs`` counts the list:sets holding each set.
     """
 
     def __init__(self, is_referenced: Callable[[str], bool] | None = None) -> None:
         self.sets: dict[str, _Set] = {}
         self.is_referenced = is_referenced or _never
+        self.refs: dict[str, int] = {}  # set name -> list:set memberships (by name, as swapped)
+
+    def referenced(self, name: str) -> bool:
+        """Whether destroying ``name`` fails: a rule or a list:set refers to it."""
+        return self.refs.get(name, 0) > 0 or self.is_referenced(name)
+
+    def release(self, name: str) -> None:
+        """One list:set membership of ``name`` ended."""
+        self.refs[name] -= 1
+        if not self.refs[name]:
+            del self.refs[name]
+
+    def release_members(self, target: _Set) -> None:
+        """A list:set is flushed or destroyed: its members are no longer referenced by it."""
+        for name in target.names:
+            self.release(name)
 
     def apply(self, text: str, exist: bool = True) -> None:
         """Run ``ipset restore [-exist]`` over ``text``; IPSetRestoreError as the tool fails."""
@@ -374,17 +458,24 @@ class FakeIPSets:
         await self.restore(destroy_transaction(names))
 
     async def test(self, name: str, value: str) -> bool:
+        """``ipset test``: membership of ``value``; for a list:set, whether the set named
+        ``value`` is a member (a name that is no set is simply not one)."""
+        target = self.sets.get(name)
+        if target is not None and target.type == LIST_SET:
+            return value in target.names
         return self.contains(name, value)
 
     def contains(self, name: str, value: str, direction: str = "src") -> bool:
         """Whether a packet field ``value`` matches set ``name`` as the kernel decides:
         hash:net takes the longest matching prefix and a ``nomatch`` entry there excludes;
-        hash:ip,port values are ``ip,proto:port``."""
+        hash:ip,port values are ``ip,proto:port``; a list:set matches when a member does."""
         target = self.sets.get(name)
         if target is None:
             raise SetNotFoundError(name)
         dims = 2 if target.type == HASH_IP_PORT else 1
         parts = direction.split(",")
+        if target.type == LIST_SET and all(p in ("src", "dst") for p in parts):
+            return any(self._member_matches(m, value, parts) for m in target.names)
         if len(parts) not in (1, dims) or any(p not in ("src", "dst") for p in parts):
             raise ValueError(f"bad direction {direction!r} for {target.type}")
         if target.type == HASH_IP_PORT:
@@ -400,6 +491,20 @@ class FakeIPSets:
             if nomatch is not None:
                 return not nomatch
         return False
+
+    def _member_matches(self, name: str, value: str, parts: list[str]) -> bool:
+        """One member's answer inside a list:set (list_set_ktest asks each in turn): a member of
+        the other family, or with more dimensions than the match has flags, answers no."""
+        member = self.sets[name]
+        dims = 2 if member.type == HASH_IP_PORT else 1
+        fields = value.split(",")
+        if len(parts) < dims or len(fields) < dims or _value_family(fields[0]) != member.family:
+            return False
+        return self.contains(name, ",".join(fields[:dims]), ",".join(parts[:dims]))
+
+
+def _value_family(addr: str) -> str:
+    return INET6 if ":" in addr else INET
 
 
 def _value_key(target: _Set, value: str) -> Key:
