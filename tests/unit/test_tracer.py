@@ -6,6 +6,8 @@ import dataclasses
 
 import pytest
 
+from kube_router.dataplane import ipset
+from kube_router.dataplane.ipset_fake import FakeIPSets
 from kube_router.dataplane.iptables_fake import FakeIPTables
 from kube_router.dataplane.iptables_parse import Family, Transaction
 from kube_router.dataplane.tracer import Packet, TraceError, Verdict, member, trace
@@ -210,3 +212,39 @@ def test_errors() -> None:
         trace(fake, "A", packet, contains)
     with pytest.raises(TraceError, match="ipv6 packet"):
         trace(fake, "OUTPUT", dataclasses.replace(packet, family="ipv6"), contains)
+
+
+def _list_sets() -> FakeIPSets:
+    """Policy sets as list:sets of shared hash:ip pools (one per family)."""
+    pool, pool6 = (
+        ipset.SetSpec("KUBE-POOL-A", "hash:ip"),
+        ipset.SetSpec("inet6:KUBE-POOL-A", "hash:ip", "inet6"),
+    )
+    lst, lst6 = (
+        ipset.SetSpec("KUBE-SRC-L", "list:set"),
+        ipset.SetSpec("inet6:KUBE-SRC-L", "list:set", "inet6"),
+    )
+    tx = ipset.Transaction().replace(pool, [PEER]).replace(pool6, ["fd00::9"])
+    tx.replace(lst, [pool.name]).replace(lst6, [pool6.name])
+    sets = FakeIPSets()
+    sets.apply(tx.render())
+    return sets
+
+
+@pytest.mark.parametrize(
+    ("family", "name", "src", "action"),
+    [
+        ("ipv4", "KUBE-SRC-L", PEER, "ACCEPT"),
+        ("ipv4", "KUBE-SRC-L", STRANGER, "DROP"),
+        ("ipv6", "inet6:KUBE-SRC-L", "fd00::9", "ACCEPT"),
+        ("ipv6", "inet6:KUBE-SRC-L", "fd00::8", "DROP"),
+    ],
+)
+def test_match_set_through_a_list_set(family: Family, name: str, src: str, action: str) -> None:
+    sets = _list_sets()
+    fake = FakeIPTables(family, set_exists=lambda n: n in sets.sets)
+    fake.apply(
+        f"*filter\n:INPUT DROP [0:0]\n-A INPUT -m set --match-set {name} src -j ACCEPT\nCOMMIT\n"
+    )
+    dst = POD if family == "ipv4" else "fd00::5"
+    assert trace(fake, "INPUT", Packet(src, dst, family=family), sets.contains).action == action
