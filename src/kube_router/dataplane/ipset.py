@@ -500,7 +500,8 @@ class RealIPSets:
         await self.restore(destroy_transaction(names))
 
     async def test(self, name: str, value: str) -> bool:
-        """``ipset test``: whether the kernel counts ``value`` as a member (nomatch honoured)."""
+        """``ipset test``: whether the kernel counts ``value`` as a member (nomatch honoured).
+        For a list:set, ``value`` is a set name: whether that set is one of its members."""
         res = await self.executor.run([self.binary, "test", name, value], check=False)
         if res.returncode == 0:
             return True
