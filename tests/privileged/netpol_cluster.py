@@ -265,16 +265,22 @@ class Cluster:
         return (await self.node_run("iptables", "-t", "filter", "-S")).stdout
 
     async def ipset_members(self) -> dict[str, set[str]]:
-        """Every ipset of the node namespace with its entries (``nomatch`` kept)."""
+        """Every ipset of the node namespace with its entries (``nomatch`` kept); a list:set
+        (a policy set whose pool holds the addresses) with the entries of its members."""
         out = (await self.node_run("ipset", "save")).stdout
         sets: dict[str, set[str]] = {}
+        lists: set[str] = set()
         for line in out.splitlines():
             parts = line.split()
             if parts[:1] == ["create"]:
                 sets[parts[1]] = set()
+                if parts[2:3] == ["list:set"]:
+                    lists.add(parts[1])
             elif parts[:1] == ["add"]:
                 entry = [p for p in parts[2:] if p != "timeout" and not p.isdigit()]
                 sets[parts[1]].add(" ".join(entry))
+        for name in lists:
+            sets[name] = {e for member in sets[name] for e in sets.get(member, set())}
         return sets
 
     # -- probes --------------------------------------------------------------------------------

@@ -232,6 +232,15 @@ async def test_external_flush_is_repaired_by_the_full_sync(
     assert (await c.ipset_members())[peers] == {c.ip("x/b")}
     await c.check(EXPECTED)
 
+    # 2b. The pool holding those members flushed: the same, one level down.
+    members = (await c.node_run("ipset", "list", peers)).stdout.split("Members:\n")[1]
+    (pool,) = [line.split()[0] for line in members.splitlines() if line.strip()]
+    await c.node_run("ipset", "flush", pool)
+    await c.check(EXPECTED | b_to_a)
+    await c.full_sync()
+    assert (await c.ipset_members())[peers] == {c.ip("x/b")}
+    await c.check(EXPECTED)
+
     # 3. The policy chain flushed and its (now unreferenced) set destroyed.
     await c.node_run("iptables", "-F", chain)
     await destroy_set(c, peers)

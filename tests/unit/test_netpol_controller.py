@@ -13,6 +13,7 @@ import pytest
 
 from kube_router.config import parse
 from kube_router.controllers.base import Barriers, RunContext
+from kube_router.controllers.netpol import names
 from kube_router.controllers.netpol.controller import Dataplane, NetworkPolicyController
 from kube_router.dataplane.ipset_fake import FakeIPSets
 from kube_router.dataplane.iptables_fake import FakeIPTables
@@ -155,7 +156,7 @@ async def test_ingress_policy_is_enforced_and_follows_changes(rig: Rig) -> None:
         if c.startswith("KUBE-NWPLCY-")
         and c not in ("KUBE-NWPLCY-DEFAULT", "KUBE-NWPLCY-COMMON", "KUBE-NWPLCY-TAIL")
     ]
-    assert not [s for s in rig.sets.state(None) if s.startswith(("KUBE-SRC", "KUBE-DST"))]
+    assert not [s for s in rig.sets.state(None) if s.startswith(("KUBE-SRC", "KUBE-DST", "KUBE-P"))]
 
 
 async def test_a_new_pod_is_covered_by_an_existing_policy(rig: Rig) -> None:
@@ -228,3 +229,65 @@ async def test_upstream_metrics_are_registered_and_observed(rig: Rig) -> None:
         assert f"kube_router_{name}" in text, name
     assert "v6_restore_time" not in text  # IPv6 is off
     assert "kube_router_controller_iptables_sync_time_count 1.0" in text
+
+
+def peers_policy(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "x"},
+        "spec": {
+            "podSelector": {"matchLabels": labels},
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}],
+        },
+    }
+
+
+def pool_of(rig: Rig, list_set: str) -> str:
+    state = rig.sets.state(None)[list_set]
+    assert state.spec.type == "list:set"
+    (pool,) = state.entries
+    return pool
+
+
+async def test_policies_with_the_same_peers_share_one_pool(rig: Rig) -> None:
+    for name, app in (("p1", "a"), ("p2", "b")):
+        rig.lab.store.create("networkpolicies", peers_policy(name, {"app": app}))
+    await rig.settle()
+    src = [names.ingress_pods_set("x", p, 0, "IPv4") for p in ("p1", "p2")]
+    pool = pool_of(rig, src[0])
+    assert pool_of(rig, src[1]) == pool
+    assert rig.sets.state(None)[pool].entries == {"10.244.2.13"}
+    # A new pod in y is one member added to the shared pool, and both policies let it in.
+    rig.lab.store.create("pods", pod("y", "e", "10.244.2.14", host=OTHER_NODE_IP))
+    await rig.settle()
+    assert pool_of(rig, src[0]) == pool_of(rig, src[1]) == pool
+    assert rig.sets.state(None)[pool].entries == {"10.244.2.13", "10.244.2.14"}
+    for src_ip, dst in (("10.244.1.12", "10.244.1.11"), ("10.244.1.11", "10.244.1.12")):
+        assert rig.verdict("10.244.2.14", dst, 80, bridged=False) == "ACCEPT"
+        assert rig.verdict(src_ip, dst, 80) == "REJECT"
+
+
+async def test_full_sync_refills_a_list_set_flushed_from_outside(rig: Rig) -> None:
+    rig.lab.store.create("networkpolicies", peers_policy("p1", {"app": "a"}))
+    await rig.settle()
+    src = names.ingress_pods_set("x", "p1", 0, "IPv4")
+    rig.sets.apply(f"flush {src}\n")
+    assert rig.verdict("10.244.2.13", "10.244.1.11", 80, bridged=False) == "REJECT"
+    await rig.ctrl.sync(full=True)
+    assert rig.verdict("10.244.2.13", "10.244.1.11", 80, bridged=False) == "ACCEPT"
+
+
+async def test_upstream_hash_ip_sets_held_by_its_rules_are_taken_over(rig: Rig) -> None:
+    """Upstream's layout: the same set name as hash:ip, used by a versioned policy chain."""
+    src = names.ingress_pods_set("x", "p1", 0, "IPv4")
+    rig.sets.apply(f"create {src} hash:ip timeout 0\nadd {src} 10.9.9.9\n")
+    rig.tables.apply(
+        "*filter\n:KUBE-NWPLCY-UPSTREAMV1 - [0:0]\n"
+        f"-A KUBE-NWPLCY-UPSTREAMV1 -m set --match-set {src} src -j ACCEPT\nCOMMIT\n"
+    )
+    rig.lab.store.create("networkpolicies", peers_policy("p1", {"app": "a"}))
+    await asyncio.sleep(0.3)
+    await rig.ctrl.sync(full=True)
+    assert rig.sets.state(None)[src].spec.type == "list:set"
+    assert "KUBE-NWPLCY-UPSTREAMV1" not in rig.tables.chain_names()
+    assert rig.verdict("10.244.2.13", "10.244.1.11", 80, bridged=False) == "ACCEPT"
+    assert rig.verdict("10.9.9.9", "10.244.1.11", 80, bridged=False) == "REJECT"

@@ -10,8 +10,14 @@ import pytest
 
 from kube_router.config import parse
 from kube_router.controllers.netpol.apply import KernelView, plan_full, plan_incremental
-from kube_router.controllers.netpol.desired import Changes, IncrementalCompiler, build_desired
+from kube_router.controllers.netpol.desired import (
+    Changes,
+    FamilyState,
+    IncrementalCompiler,
+    build_desired,
+)
 from kube_router.controllers.netpol.names import IPV4
+from kube_router.controllers.netpol.pools import Pools
 from kube_router.controllers.sync import ChangeTracker
 from kube_router.dataplane.ipset_fake import FakeIPSets
 from kube_router.dataplane.iptables_parse import Table
@@ -82,6 +88,21 @@ def _ns(name: str, rnd: random.Random) -> models.Namespace:
     )
 
 
+def _through_pools(kernel: FakeIPSets) -> dict[str, set[str]]:
+    """Each policy set's members as a packet sees them (a list:set's through its pool)."""
+    state = kernel.state()
+    out = {}
+    for name, have in state.items():
+        if name.startswith("KUBE-POOL-"):
+            continue
+        if have.spec.type == "list:set":
+            (pool,) = have.entries
+            out[name] = set(state[pool].entries)
+        else:
+            out[name] = set(have.entries)
+    return out
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_incremental_equals_scratch(seed: int) -> None:
     rnd = random.Random(seed)
@@ -93,6 +114,10 @@ def test_incremental_equals_scratch(seed: int) -> None:
     first = inc.build(cfg, pods.values(), list(nss.values()), pols.values(), {NODE_IP}, [], None)
     kernel, last = FakeIPSets(), first.families[IPV4]
     kernel.apply(plan_full(last, KernelView(Table("filter"), {})).sets_before.render())
+    # The same sets through pools, as the controller applies them.
+    pools, pooled = Pools(IPV4), FakeIPSets()
+    pooled_last = FamilyState(last.chains, pools.realize(last.sets))
+    pooled.apply(plan_full(pooled_last, KernelView(Table("filter"), {})).sets_before.render())
     next_id = 100
     for _step in range(40):
         changes = Changes()
@@ -151,5 +176,11 @@ def test_incremental_equals_scratch(seed: int) -> None:
         last = got.families[IPV4]
         members = {n: set(s.entries) for n, s in kernel.state().items()}
         assert members == {n: set(s.entries) for n, s in want.families[IPV4].sets.items()}
+        applied = FamilyState(got.families[IPV4].chains, pools.realize(got.families[IPV4].sets))
+        plan = plan_incremental(applied, pooled_last)
+        pooled.apply(plan.sets_before.render())
+        pooled.apply(plan.sets_after.render())
+        pooled_last = applied
+        assert _through_pools(pooled) == members
     assert inc.recompiled_policies < 8 + 40 * 3 * 8  # it did not recompile everything each step
     assert inc.deltas > 0  # the peer-set delta path ran, and matched the scratch compile

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from kube_router.controllers.netpol.compile import IPSetSpec
 from kube_router.controllers.netpol.desired import BUILTIN_CHAINS, FamilyState
 from kube_router.controllers.netpol.names import IPV6, Family
+from kube_router.controllers.netpol.pieces import LIST_SET
 from kube_router.dataplane import ipset
 from kube_router.dataplane import iptables_parse as ipt
 from kube_router.dataplane.iptables_rule import RuleError, parse_rule
@@ -29,7 +30,7 @@ OWN_CHAIN_PREFIXES = (
     "KUBE-ROUTER-FORWARD",
     "KUBE-ROUTER-OUTPUT",
 )
-SET_PREFIXES = ("KUBE-SRC-", "KUBE-DST-", "kube-router-local-pods")
+SET_PREFIXES = ("KUBE-SRC-", "KUBE-DST-", "KUBE-POOL-", "kube-router-local-pods")
 JUMP_COMMENT = "kube-router netpol - "
 SPELLING_CACHE_SIZE = 1 << 16  # rules whose iptables-save spelling is remembered
 
@@ -58,10 +59,19 @@ class KernelView:
 
 @dataclass
 class Plan:
+    """Applied in this order: ``rules_before`` (empties chains that hold sets about to be
+    recreated), ``sets_before``, ``rules``, ``sets_after`` (destroys)."""
+
     sets_before: ipset.Transaction
     rules: ipt.Transaction
     sets_after: ipset.Transaction
     rule_lines: int = 0
+    rules_before: ipt.Transaction | None = None
+
+
+def _lists_first(names: Iterable[str], kinds: Mapping[str, str]) -> list[str]:
+    """Destroy order: a list:set holds references to its members, so it goes first."""
+    return sorted(names, key=lambda n: (kinds.get(n) != LIST_SET, n))
 
 
 def _is_our_jump(rule: ipt.Rule) -> bool:
@@ -106,15 +116,40 @@ def _remove_chains(tx: ipt.Transaction, names: list[str]) -> int:
 def plan_full(desired: FamilyState, kernel: KernelView) -> Plan:
     """Make the kernel match ``desired``, touching only what differs from what it holds."""
     before, after, tx = ipset.Transaction(), ipset.Transaction(), ipt.Transaction("filter")
-    _sync_sets(before, desired.sets, kernel.sets)
+    retyped = _sync_sets(before, desired.sets, kernel.sets)
+    emptied, pre = _empty_holders(kernel.table, retyped)
     own = desired.own_chains()
-    lines = _write_chains(tx, {c: r for c, r in own.items() if not _chain_holds(kernel, c, r)})
+    lines = _write_chains(
+        tx, {c: r for c, r in own.items() if c in emptied or not _chain_holds(kernel, c, r)}
+    )
     stale = sorted(c for c in kernel.table.chains if is_own_chain(c) and c not in own)
     lines += _remove_chains(tx, stale)
     lines += _fix_builtin_jumps(tx, desired, kernel.table)
-    for name in sorted(set(kernel.sets) - set(desired.sets)):
+    kinds = {n: have.spec.type for n, have in kernel.sets.items()}
+    for name in _lists_first(set(kernel.sets) - set(desired.sets), kinds):
         after.destroy(name)
-    return Plan(before, tx, after, lines)
+    return Plan(before, tx, after, lines, pre)
+
+
+def _empty_holders(table: ipt.Table, names: set[str]) -> tuple[set[str], ipt.Transaction | None]:
+    """Flush our chains whose rules match a set that must be recreated with another type (a
+    set of upstream's layout, or one damaged from outside): the kernel will not destroy a set a
+    rule holds. Packets meanwhile meet the pod chains' drop (fail closed) until ``rules``."""
+    if not names:
+        return set(), None
+    tokens = {f" {name} " for name in names}
+    holders = {
+        chain.name
+        for chain in table.chains.values()
+        if is_own_chain(chain.name)
+        and any(t in f"{rule.spec} " for rule in chain.rules for t in tokens)
+    }
+    if not holders:
+        return set(), None
+    pre = ipt.Transaction("filter")
+    for name in sorted(holders):
+        pre.flush(name)
+    return holders, pre
 
 
 def _chain_holds(kernel: KernelView, name: str, rules: list[str]) -> bool:
@@ -148,33 +183,44 @@ def _sync_sets(
     before: ipset.Transaction,
     desired: Mapping[str, IPSetSpec],
     kernel: Mapping[str, ipset.SetState],
-) -> None:
+) -> set[str]:
     """Sets the kernel lacks are created; the others get only their missing and extra members.
+    Returns the sets recreated because the kernel's has another type.
 
-    New sets are created largest first: ``ipset restore`` looks each line's set up by walking
-    the sets it has seen in creation order, so a big set created early keeps its adds cheap.
+    Member sets come before the list:sets that hold them. New sets are created largest first:
+    ``ipset restore`` looks each line's set up by walking the sets it has seen in creation order,
+    so a big set created early keeps its adds cheap.
     """
-    fresh = sorted(
-        (set_spec(spec) for name, spec in desired.items() if name not in kernel),
-        key=lambda want: -len(desired[want.name].entries),
-    )
-    for want in fresh:
-        before.fill(want, desired[want.name].entries)
-    for name, have in kernel.items():
-        spec = desired.get(name)
-        if spec is None:
-            continue
-        want = set_spec(spec)
-        if (have.spec.type, have.spec.family, have.spec.timeout) != (
-            want.type,
-            want.family,
-            want.timeout,
-        ):
-            # Only damage from outside gives one of our names another type; swap cannot cross
-            # types, so the set is recreated (the restore names the line if a rule holds it).
-            before.destroy(name).fill(want, spec.entries)
-        else:
-            _repair_members(before, want, have.entries, spec.entries)
+    retyped: set[str] = set()
+    for lists in (False, True):
+        part = {n: s for n, s in desired.items() if (s.kind == LIST_SET) == lists}
+        fresh = sorted(
+            (set_spec(spec) for name, spec in part.items() if name not in kernel),
+            key=lambda want: -len(part[want.name].entries),
+        )
+        for want in fresh:
+            before.fill(want, part[want.name].entries)
+        for name, have in kernel.items():
+            spec = part.get(name)
+            if spec is not None and not _repair_set(before, spec, have):
+                retyped.add(name)
+    return retyped
+
+
+def _repair_set(before: ipset.Transaction, spec: IPSetSpec, have: ipset.SetState) -> bool:
+    """Repair one existing set's members; False when it had to be recreated with our type."""
+    want = set_spec(spec)
+    if (have.spec.type, have.spec.family, have.spec.timeout) != (
+        want.type,
+        want.family,
+        want.timeout,
+    ):
+        # Upstream's layout (hash:ip where we keep a list:set) or damage from outside; swap
+        # cannot cross types, so the set is recreated (plan_full empties the chains holding it).
+        before.destroy(spec.name).fill(want, spec.entries)
+        return False
+    _repair_members(before, want, have.entries, spec.entries)
+    return True
 
 
 def _repair_members(
@@ -248,11 +294,16 @@ def _apply_patch(tx: ipt.Transaction, chain: str, patch: Patch) -> int:
 
 def plan_incremental(desired: FamilyState, last: FamilyState) -> Plan:
     before, after, tx = ipset.Transaction(), ipset.Transaction(), ipt.Transaction("filter")
-    # Unchanged pieces are the very same objects from one sync to the next: "is" first.
-    for name, spec in desired.sets.items():
-        old = last.sets.get(name)
-        if old is not spec and old != spec:
-            _set_diff(before, spec, old)
+    # Unchanged pieces are the very same objects from one sync to the next: "is" first. Member
+    # sets before the list:sets that will hold them.
+    changed_sets = [
+        (name, spec, old)
+        for name, spec in desired.sets.items()
+        if (old := last.sets.get(name)) is not spec and old != spec
+    ]
+    changed_sets.sort(key=lambda c: c[1].kind == LIST_SET)
+    for _, spec, old in changed_sets:
+        _set_diff(before, spec, old)
     own, old_own = desired.own_chains(), last.own_chains()
     changed = {c: r for c, r in own.items() if (o := old_own.get(c)) is not r and o != r}
     patches = {
@@ -266,7 +317,8 @@ def plan_incremental(desired: FamilyState, last: FamilyState) -> Plan:
     for chain, patch in patches.items():
         lines += _apply_patch(tx, chain, patch)
     lines += _remove_chains(tx, sorted(set(old_own) - set(own)))
-    for name in sorted(set(last.sets) - set(desired.sets)):
+    kinds = {n: spec.kind for n, spec in last.sets.items()}
+    for name in _lists_first(set(last.sets) - set(desired.sets), kinds):
         after.destroy(name)
     return Plan(before, tx, after, lines)
 
@@ -282,7 +334,7 @@ def plan_cleanup(table: ipt.Table, sets: Mapping[str, ipset.SetState]) -> Plan:
                 lines += 1
     lines += _remove_chains(tx, sorted(c for c in table.chains if is_own_chain(c)))
     after = ipset.Transaction()
-    for name in sorted(sets):
+    for name in _lists_first(sets, {n: have.spec.type for n, have in sets.items()}):
         after.destroy(name)
     return Plan(ipset.Transaction(), tx, after, lines)
 

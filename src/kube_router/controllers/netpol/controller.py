@@ -28,6 +28,7 @@ from kube_router.controllers.netpol.desired import (
     IncrementalCompiler,
 )
 from kube_router.controllers.netpol.names import IPV4, IPV6, Family
+from kube_router.controllers.netpol.pools import KernelSet, Pools
 from kube_router.controllers.sync import ChangeTracker, SyncRunner
 from kube_router.dataplane import ipset, iptables_parse
 from kube_router.dataplane.exec import Executor
@@ -133,7 +134,8 @@ class NetworkPolicyController(Controller):
             min_interval=MIN_SYNC_INTERVAL_S,
             on_success=self.beat,
         )
-        self.last: dict[Family, FamilyState] = {}
+        self.last: dict[Family, FamilyState] = {}  # as applied: policy sets through pools
+        self.pools: dict[Family, Pools] = {}
         self.compiler = IncrementalCompiler()
         self._pods: ChangeTracker[str, Pod] = ChangeTracker()
         self._namespaces: ChangeTracker[str, Namespace] = ChangeTracker()
@@ -240,8 +242,7 @@ class NetworkPolicyController(Controller):
         for family, state in desired.families.items():
             last = None if full else self.last.get(family)
             self.last.pop(family, None)  # unknown until this apply succeeds
-            await self._apply_family(family, state, last)
-            self.last[family] = state
+            self.last[family] = await self._apply_family(family, state, last)
         elapsed = time.perf_counter() - start
         log.debug("netpol %s sync took %.3fs", "full" if full else "partial", elapsed)
         if m is not None:
@@ -252,14 +253,28 @@ class NetworkPolicyController(Controller):
 
     async def _apply_family(
         self, family: Family, state: FamilyState, last: FamilyState | None
-    ) -> None:
+    ) -> FamilyState:
+        """Apply one family's compiled state; returns it as applied (policy sets in pools)."""
         assert self.dataplane is not None
         m = self._metrics
+        pools = self.pools.setdefault(family, Pools(family))
         if last is None:
             save_hist = m.save.get(family) if m else None
-            plan = apply.plan_full(state, await read_kernel(self.dataplane, family, save_hist))
+            kernel = await read_kernel(self.dataplane, family, save_hist)
+            pools.seed({n: KernelSet(s.spec.type, s.entries) for n, s in kernel.sets.items()})
+            applied = FamilyState(state.chains, pools.realize(state.sets))
+            plan = apply.plan_full(applied, kernel)
         else:
-            plan = apply.plan_incremental(state, last)
+            applied = FamilyState(state.chains, pools.realize(state.sets))
+            plan = apply.plan_incremental(applied, last)
+        await self._run_plan(family, plan)
+        return applied
+
+    async def _run_plan(self, family: Family, plan: apply.Plan) -> None:
+        assert self.dataplane is not None
+        m = self._metrics
+        if plan.rules_before is not None:
+            await self.dataplane.iptables[family].restore(plan.rules_before)
         ipset_hist = m.ipset_restore.get(family) if m else None
         if plan.sets_before.lines:
             with _timed(ipset_hist):
