@@ -290,15 +290,36 @@ def pct(values: list[float], q: float) -> float:
 # -- upstream's design, for the ratio -------------------------------------------------------
 
 
+SHADOW_PREFIX = "kube-router-u"  # upstream's per-rule hash:ip sets, rebuilt beside ours
+
+
+def shadow_name(name: str) -> str:
+    from kube_router.controllers.netpol import names
+
+    return SHADOW_PREFIX + names.hash16(name)
+
+
 def plan_rewrite_all(desired: Any, kernel: Any) -> Any:
-    """What upstream does on every sync: every set replaced, every chain of ours rewritten."""
+    """What upstream does on every sync: every set replaced, every chain of ours rewritten.
+
+    Upstream keeps every policy set as its own hash:ip set with all its members, where we keep
+    list:sets of shared pools; so our sets are first made right as a full sync does, then each
+    non-empty list:set is rebuilt as the hash:ip set upstream would have (under a shadow name,
+    through a temporary set and swap as upstream does) and every other set is replaced."""
     from kube_router.controllers.netpol import apply
+    from kube_router.controllers.netpol.pieces import LIST_SET
     from kube_router.dataplane import ipset
     from kube_router.dataplane import iptables_parse as ipt
 
     before, after, tx = ipset.Transaction(), ipset.Transaction(), ipt.Transaction("filter")
+    apply._sync_sets(before, desired.sets, kernel.sets)  # our own sets made right first
     for spec in desired.sets.values():
-        before.replace(apply.set_spec(spec), spec.entries)
+        if spec.kind != LIST_SET:
+            if not spec.name.startswith("KUBE-POOL-"):
+                before.replace(apply.set_spec(spec), spec.entries)
+        elif spec.entries:
+            members = desired.sets[spec.entries[0]].entries
+            before.replace(ipset.SetSpec(shadow_name(spec.name), "hash:ip"), members)
     own = desired.own_chains()
     for chain in own:
         tx.declare(chain)
@@ -502,15 +523,30 @@ class Bench:
         return found / max(1, len(self.bench_pod_ips))
 
     async def rebuild_sync(self) -> float:
-        """A full sync through upstream's plan: every set and chain rewritten."""
+        """A full sync through upstream's plan: every set and chain rewritten. The shadow sets
+        are destroyed afterwards (not timed), so that they do not slow what follows."""
         from kube_router.controllers.netpol import apply
 
         ours = apply.plan_full
         apply.plan_full = plan_rewrite_all
         try:
-            return await self.timed_sync(full=True, prefix="")
+            took = await self.timed_sync(full=True, prefix="")
         finally:
             apply.plan_full = ours
+        listed = subprocess.run(
+            ["ip", "netns", "exec", self.netns, "ipset", "list", "-n"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        shadows = "".join(f"destroy {n}\n" for n in listed if n.startswith(SHADOW_PREFIX))
+        subprocess.run(
+            ["ip", "netns", "exec", self.netns, "ipset", "restore"],
+            input=shadows,
+            check=True,
+            text=True,
+        )
+        return took
 
     async def timed_sync(self, full: bool, prefix: str) -> float:
         self.clock.reset()

@@ -75,11 +75,17 @@ def config(overrides: dict[str, Any]) -> Config:
     return dataclasses.replace(parse([], {}), **overrides)
 
 
+COMMENT = re.compile(r'^-m comment --comment "[^"]*"')
+
+
 def expand_allow(matches: list[str]) -> list[str]:
+    """Each match: MARK on the whole match, then RETURN on its comment and the mark."""
     rules = []
     for match in matches:
+        comment = COMMENT.match(match)
+        assert comment is not None, f"an allow match starts with its comment: {match}"
         rules.append(f"{match} -j MARK --set-xmark {ALLOWED}")
-        rules.append(f"{match} -m mark --mark {ALLOWED} -j RETURN")
+        rules.append(f"{comment[0]} -m mark --mark {ALLOWED} -j RETURN")
     return rules
 
 

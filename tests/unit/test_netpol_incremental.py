@@ -96,6 +96,8 @@ def _through_pools(kernel: FakeIPSets) -> dict[str, set[str]]:
         if name.startswith("KUBE-POOL-"):
             continue
         if have.spec.type == "list:set":
+            if not have.entries:
+                continue  # emptied, waiting to be destroyed
             (pool,) = have.entries
             out[name] = set(state[pool].entries)
         else:

@@ -9,7 +9,13 @@ import pytest
 
 from kube_router.controllers.netpol.names import IPV4, IPV6
 from kube_router.controllers.netpol.pieces import HASH_IP, HASH_NET, LIST_SET, IPSetSpec
-from kube_router.controllers.netpol.pools import KernelSet, Pools, is_pool, is_pooled
+from kube_router.controllers.netpol.pools import (
+    DESTROYS_PER_SYNC,
+    KernelSet,
+    Pools,
+    is_pool,
+    is_pooled,
+)
 
 IPS = tuple(f"10.0.0.{i}" for i in range(1, 9))
 
@@ -39,7 +45,8 @@ def check(out: Mapping[str, IPSetSpec], desired: Mapping[str, IPSetSpec]) -> Non
     assert set(pools) == used
     contents = [frozenset(s.entries) for s in pools.values()]
     assert len(contents) == len(set(contents))
-    assert set(out) == set(desired) | set(pools)
+    for name in set(out) - set(desired) - set(pools):  # emptied lists waiting to be destroyed
+        assert out[name].kind == LIST_SET and out[name].entries == (), name
 
 
 @pytest.mark.parametrize(
@@ -168,3 +175,31 @@ def test_random_histories_always_realize_the_desired_members(seed: int) -> None:
             pools.seed({n: KernelSet(s.kind, frozenset(s.entries)) for n, s in out.items()})
         out = pools.realize(desired)
         check(out, desired)
+
+
+def test_lists_no_longer_wanted_are_emptied_at_once_and_destroyed_a_few_a_sync() -> None:
+    pools = Pools(IPV4)
+    many = {f"KUBE-SRC-{i}": spec(f"KUBE-SRC-{i}", IPS[i % 3]) for i in range(20)}
+    pools.realize(many)
+    keep = {"KUBE-SRC-0": many["KUBE-SRC-0"]}
+    out = pools.realize(keep)
+    check(out, keep)
+    left = [n for n in out if n.startswith("KUBE-SRC-") and n not in keep]
+    assert len(left) == 19 - DESTROYS_PER_SYNC
+    assert pools.garbage == len(left)
+    assert sum(is_pool(n) for n in out) == 1  # the emptied lists hold no pool
+    # Wanted again while waiting: refilled, not destroyed.
+    back = keep | {left[0]: spec(left[0], IPS[1])}
+    out = pools.realize(back)
+    check(out, back)
+    while pools.garbage:
+        out = pools.realize(back)
+    assert {n for n in out if not is_pool(n)} == set(back)
+
+
+def test_seeded_lists_that_are_not_wanted_become_garbage() -> None:
+    kernel = {f"KUBE-SRC-{i}": KernelSet(LIST_SET, frozenset()) for i in range(3)}
+    pools = Pools(IPV4)
+    pools.seed(kernel)
+    out = pools.realize({})
+    assert out == {}  # three lists: all destroyed in this sync (fewer than the limit)

@@ -238,6 +238,14 @@ def _repair_members(
 
 
 def _set_diff(before: ipset.Transaction, new: IPSetSpec, old: IPSetSpec | None) -> None:
+    if old is None and new.kind == LIST_SET:
+        # No rule uses a new list yet, so no swap is needed; and destroying the temporary
+        # list:set of a swap would wait for an RCU barrier. Flushed: one left over by a crash.
+        spec = set_spec(new)
+        before.create(spec).flush(new.name)
+        for entry in new.entries:
+            before.add(spec, entry)
+        return
     if old is None or (old.kind, old.family) != (new.kind, new.family):
         before.replace(set_spec(new), new.entries)
         return

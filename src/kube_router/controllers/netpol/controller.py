@@ -268,6 +268,8 @@ class NetworkPolicyController(Controller):
             applied = FamilyState(state.chains, pools.realize(state.sets))
             plan = apply.plan_incremental(applied, last)
         await self._run_plan(family, plan)
+        if pools.garbage:
+            self.runner.poke()  # the next sync destroys a few more emptied lists
         return applied
 
     async def _run_plan(self, family: Family, plan: apply.Plan) -> None:
