@@ -227,8 +227,8 @@ def remove_netns(name: str) -> None:
     _run("ip", "netns", "del", name)
 
 
-def kernel_counts(netns: str) -> tuple[int, int, int]:
-    """(chains, rules, ipsets) in the namespace's filter table and ipset."""
+def kernel_counts(netns: str) -> tuple[int, int, int, int]:
+    """(chains, rules, ipsets, ipset entries) in the namespace's filter table and ipset."""
     save = subprocess.run(
         ["ip", "netns", "exec", netns, "iptables-save", "-t", "filter"],
         check=True,
@@ -238,12 +238,14 @@ def kernel_counts(netns: str) -> tuple[int, int, int]:
     chains = sum(1 for line in save.splitlines() if line.startswith(":"))
     rules = sum(1 for line in save.splitlines() if line.startswith("-A"))
     sets = subprocess.run(
-        ["ip", "netns", "exec", netns, "ipset", "list", "-n"],
+        ["ip", "netns", "exec", netns, "ipset", "save"],
         check=True,
         capture_output=True,
         text=True,
-    ).stdout.split()
-    return chains, rules, len(sets)
+    ).stdout.splitlines()
+    created = sum(1 for line in sets if line.startswith("create "))
+    entries = sum(1 for line in sets if line.startswith("add "))
+    return chains, rules, created, entries
 
 
 # -- timing helpers ------------------------------------------------------------------------
@@ -433,10 +435,11 @@ class Bench:
         # First full sync, on an empty namespace; then the periodic one (kernel already right).
         self.result["full_sync_s"] = await self.timed_sync(full=True, prefix="full_sync")
         self.breakdown("full_sync")
-        chains, rules, sets = kernel_counts(self.netns)
+        chains, rules, sets, entries = kernel_counts(self.netns)
         self.result["kernel_chains"] = chains
         self.result["kernel_rules"] = rules
         self.result["kernel_ipsets"] = sets
+        self.result["kernel_ipset_entries"] = entries
         self.result["full_sync_again_s"] = await self.timed_sync(full=True, prefix="periodic")
         self.breakdown("periodic")
         await self.ctrl.sync(full=False)  # nothing changed: a no-op baseline
