@@ -85,13 +85,6 @@ class Pools:
         self._garbage: dict[str, IPSetSpec] = {}  # emptied lists waiting to be destroyed
 
     @property
-    def pools(self) -> Mapping[str, IPSetSpec]:
-        return self._pools
-
-    def pool_of(self, name: str) -> str | None:
-        return self._ptr.get(name)
-
-    @property
     def garbage(self) -> int:
         """Emptied lists still to be destroyed by later syncs."""
         return len(self._garbage)
@@ -117,18 +110,21 @@ class Pools:
     def realize(self, desired: Mapping[str, IPSetSpec]) -> dict[str, IPSetSpec]:
         """The sets the kernel should hold for the compiled ``desired`` sets."""
         out: dict[str, IPSetSpec] = {}
+        pooled: dict[str, IPSetSpec] = {}
         changed: list[str] = []
         for name, spec in desired.items():
             if not is_pooled(spec):
                 out[name] = spec
-            elif self._last.get(name) is not spec or name not in self._ptr:
+                continue
+            pooled[name] = spec
+            if self._last.get(name) is not spec or name not in self._ptr:
                 changed.append(name)
         for name in [n for n in self._ptr if n not in desired]:
             self._detach(name)
             self._lists.pop(name, None)
             self._garbage[name] = IPSetSpec(name, LIST_SET, self.family, ())
         self._reassign(changed, desired)
-        self._last = {n: s for n, s in desired.items() if is_pooled(s)}
+        self._last = pooled
         for pool in [p for p, refs in self._refs.items() if not refs]:
             self._drop_pool(pool)
         out.update(self._pools)
