@@ -276,7 +276,7 @@ def test_egress_named_port_without_to_uses_namespace_pods() -> None:
     obj = policy({"metadata": {"namespace": "a", "name": "p"}, "spec": spec})
     piece = compile_policy(obj, {"a": [dns]}, [], config())
     src = names.target_src_set("a", "p", "IPv4")
-    assert piece.families["IPv4"].rules[0] == (
+    assert piece.families["IPv4"].chains["egress"][1][0] == (
         f'-m comment --comment "a/p egress any np" -m set --match-set {src} src -p udp --dport 53'
         " -j MARK --set-xmark 0x10000/0x10000"
     )
@@ -290,7 +290,7 @@ def test_peer_selector_matching_nothing_keeps_rule_and_empty_set() -> None:
     obj = policy({"metadata": {"namespace": "a", "name": "p"}, "spec": spec})
     piece = compile_policy(obj, {"a": [running("a", "w", "10.1.0.2")]}, [], config())
     fam = piece.families["IPv4"]
-    assert len(fam.rules) == 2
+    assert len(fam.chains["ingress"][1]) == 2
     peer = names.ingress_pods_set("a", "p", 0, "IPv4")
     assert {s.name: s.entries for s in fam.sets}[peer] == ()
 
@@ -303,7 +303,7 @@ def test_named_port_that_resolves_to_nothing_allows_nothing() -> None:
     }
     obj = policy({"metadata": {"namespace": "a", "name": "p"}, "spec": spec})
     piece = compile_policy(obj, {"a": [running("a", "w", "10.1.0.2")]}, [], config())
-    assert piece.families["IPv4"].rules == ()
+    assert piece.families["IPv4"].chains["ingress"][1] == ()
 
 
 def test_namespace_selector_uses_namespace_labels() -> None:
@@ -341,7 +341,9 @@ def test_assemble_puts_pod_jumps_before_the_tail() -> None:
         chains["KUBE-ROUTER-INPUT"][-3] == pod_piece.families["IPv4"].jumps["KUBE-ROUTER-INPUT"][0]
     )
     assert chains[pod_piece.chain] == list(pod_piece.families["IPv4"].rules)
-    assert chains[pol.chain("IPv4")] == list(pol.families["IPv4"].rules)
+    chain, rules = pol.families["IPv4"].chains["ingress"]
+    assert chain == pol.chains("IPv4")["ingress"]
+    assert chains[chain] == list(rules)
     by_name = {s.name: s for s in sets}
     assert by_name["kube-router-local-pods"].entries == ("10.1.0.2",)
     assert by_name["kube-router-local-pods"].kind == HASH_IP

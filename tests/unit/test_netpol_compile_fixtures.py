@@ -54,6 +54,7 @@ def resolve(text: str, family: Family, policy: str = "", pod: str = "") -> str:
             "TDST": lambda: names.target_dst_set(ns, name, family),
             "TSRC": lambda: names.target_src_set(ns, name, family),
             "CHAIN": lambda: names.policy_chain(ns, name, family),
+            "ECHAIN": lambda: names.policy_egress_chain(ns, name, family),
             "ISRC": lambda: names.ingress_pods_set(ns, name, int(rule), family),
             "EDST": lambda: names.egress_pods_set(ns, name, int(rule), family),
             "IBLK": lambda: names.ingress_ipblock_set(ns, name, int(rule), family),
@@ -106,9 +107,14 @@ def check_policy(piece: PolicyPiece, expect: dict[str, Any], families: tuple[Fam
         if want is None:
             continue
         got = piece.families[family]
-        assert got.chain == names.policy_chain(piece.namespace, piece.name, family)
+        chains = names.direction_chains(
+            piece.namespace, piece.name, family, piece.ingress, piece.egress
+        )
+        assert {d: c for d, (c, _) in got.chains.items()} == chains
+        # The fixture lists the ingress chain's rules, then the egress chain's.
         rules = want["rules"] if "rules" in want else expand_allow(want["allow"])
-        assert list(got.rules) == [resolve(r, family, piece.key) for r in rules]
+        flat = [rule for d in ("ingress", "egress") if d in got.chains for rule in got.chains[d][1]]
+        assert flat == [resolve(r, family, piece.key) for r in rules]
         sets = {s.name: {"type": s.kind, "entries": list(s.entries)} for s in got.sets}
         assert all(s.family == family for s in got.sets)
         wanted = {resolve(k, family, piece.key): v for k, v in want["sets"].items()}

@@ -291,3 +291,27 @@ async def test_upstream_hash_ip_sets_held_by_its_rules_are_taken_over(rig: Rig) 
     assert "KUBE-NWPLCY-UPSTREAMV1" not in rig.tables.chain_names()
     assert rig.verdict("10.244.2.13", "10.244.1.11", 80, bridged=False) == "ACCEPT"
     assert rig.verdict("10.9.9.9", "10.244.1.11", 80, bridged=False) == "REJECT"
+
+
+async def test_a_both_directions_policy_does_not_let_egress_pass_as_ingress(rig: Rig) -> None:
+    # The issue's smallest fail-open case: x/a and x/b are both targets of p1. Their egress admits
+    # only pods labelled app=none, so x/a -> x/b is denied whatever p1's ingress rule allows.
+    deny_egress = {"podSelector": {}, "policyTypes": ["Egress"], "egress": []}
+    both = {
+        "podSelector": {},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [{}],
+        "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "none"}}}]}],
+    }
+    for name, spec in (("p0", deny_egress), ("p1", both)):
+        rig.lab.store.create(
+            "networkpolicies", {"metadata": {"name": name, "namespace": "x"}, "spec": spec}
+        )
+    await rig.settle()
+    for src, dst in (("10.244.1.11", "10.244.1.12"), ("10.244.1.12", "10.244.1.11")):
+        for port in (80, 81):
+            assert rig.verdict(src, dst, port) == "REJECT", (src, dst, port)
+    # Ingress from y/c (another node, no egress policy here) is still admitted by p1.
+    assert rig.verdict("10.244.2.13", "10.244.1.11", 80, bridged=False) == "ACCEPT"
+    chains = {c for c in rig.tables.chain_names() if c.startswith(names.POLICY_CHAIN_PREFIX)}
+    assert names.policy_egress_chain("x", "p1", "IPv4") in chains

@@ -74,10 +74,30 @@ def test_chains_leave_out_the_sync_version() -> None:
     assert names.pod_fw_chain("default", "web-0") == "KUBE-POD-FW-ADP45DXKP4DNEUMF"
 
 
+@pytest.mark.parametrize(
+    ("ingress", "egress", "expected"),
+    [
+        (True, False, {"ingress": "KUBE-NWPLCY-6I73UNIQX3LYGOJM"}),
+        (False, True, {"egress": "KUBE-NWPLCY-6I73UNIQX3LYGOJM"}),
+        (
+            True,
+            True,
+            {"ingress": "KUBE-NWPLCY-6I73UNIQX3LYGOJM", "egress": "KUBE-NWPLCY-EG-6I73UNIQX3LYG"},
+        ),
+    ],
+)
+def test_a_direction_never_shares_a_chain_with_the_other(
+    ingress: bool, egress: bool, expected: dict[str, str]
+) -> None:
+    # One direction keeps upstream's chain; both put egress in KUBE-NWPLCY-EG- + the same stem.
+    assert names.direction_chains("foo", "bar", "IPv4", ingress, egress) == expected
+
+
 def test_names_fit_the_kernel_limits() -> None:
     # iptables chain names: at most 28 characters; ipset names: at most 31.
     assert len(names.pod_fw_chain("x" * 63, "y" * 253)) <= 28
     assert len(names.policy_chain("x", "y", "IPv6")) <= 28
+    assert len(names.policy_egress_chain("x" * 63, "y" * 253, "IPv6")) == 28
     assert len(names.egress_named_port_set("x", "y", 99, 99, "IPv6")) <= 31
 
 

@@ -33,7 +33,7 @@ class Assembler:
     def __init__(self, family: Family) -> None:
         self.family = family
         self._pieces: dict[PolicyKey, PolicyPiece] = {}
-        self._owned: dict[PolicyKey, tuple[str, tuple[str, ...]]] = {}  # chain, set names
+        self._owned: dict[PolicyKey, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # chains, sets
         self._chains: Chains = {}
         self._sets: dict[str, IPSetSpec] = {}
         self._pod_lists: dict[str, tuple[PodFamily, list[str]]] = {}  # chain -> its rules
@@ -73,14 +73,19 @@ class Assembler:
         part = piece.families.get(self.family)
         if part is None:
             return
-        self._chains[part.chain] = list(part.rules)
+        for chain, rules in part.chains.values():
+            self._chains[chain] = list(rules)
         self._sets.update((s.name, s) for s in part.sets)
-        self._owned[key] = (part.chain, tuple(s.name for s in part.sets))
+        self._owned[key] = (
+            tuple(chain for chain, _ in part.chains.values()),
+            tuple(s.name for s in part.sets),
+        )
 
     def _drop(self, key: PolicyKey) -> None:
         self._pieces.pop(key, None)
-        chain, names = self._owned.pop(key, ("", ()))
-        self._chains.pop(chain, None)
+        chains, names = self._owned.pop(key, ((), ()))
+        for chain in chains:
+            self._chains.pop(chain, None)
         for name in names:
             self._sets.pop(name, None)
 

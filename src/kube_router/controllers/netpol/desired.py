@@ -218,7 +218,8 @@ def _assemble_all(
         all_chains, sets = assembler.build(chains, pieces, pod_pieces, cfg.netpol_default_deny)
         families[family] = FamilyState(all_chains, sets)
     errors = {f"{p.namespace}/{p.name}": p.error for p in pieces if p.error}
-    return Desired(families, errors, sum(len(p.families) for p in pieces))
+    count = sum(len(pf.chains) for p in pieces for pf in p.families.values())
+    return Desired(families, errors, count)
 
 
 def build_desired(

@@ -23,6 +23,10 @@ FAMILIES: Final[tuple[Family, ...]] = (IPV4, IPV6)
 
 POD_FW_CHAIN_PREFIX: Final = "KUBE-POD-FW-"
 POLICY_CHAIN_PREFIX: Final = "KUBE-NWPLCY-"
+# Ours, not upstream's: the egress rules of a policy enforcing both directions (see
+# policy_egress_chain). It begins with upstream's prefix, so what owns KUBE-NWPLCY-* owns it too.
+POLICY_EGRESS_CHAIN_PREFIX: Final = "KUBE-NWPLCY-EG-"
+MAX_CHAIN_NAME: Final = 28  # iptables' limit (XT_EXTENSION_MAXNAMELEN less the NUL)
 SRC_SET_PREFIX: Final = "KUBE-SRC-"
 DST_SET_PREFIX: Final = "KUBE-DST-"
 IPV6_SET_PREFIX: Final = "inet6:"
@@ -67,6 +71,39 @@ def pod_fw_chain(namespace: str, name: str) -> str:
 def policy_chain(namespace: str, name: str, family: Family) -> str:
     """``KUBE-NWPLCY-`` + hash(ns + name + family); upstream puts the version before family."""
     return POLICY_CHAIN_PREFIX + hash16(namespace + name + family)
+
+
+def policy_egress_chain(namespace: str, name: str, family: Family) -> str:
+    """The egress chain of a policy whose types hold both Ingress and Egress (ours).
+
+    ``KUBE-NWPLCY-EG-`` + the first 13 characters of the policy chain's digest, so the two chains
+    of one policy share a visible stem. Upstream keeps both directions in one chain, which a pod's
+    chain jumps to with no direction match: a target pod's egress leg then meets the policy's
+    ingress rules (the destination is a target too) and is allowed by them. Here the ingress rules
+    stay in :func:`policy_chain`, jumped to only with ``-d podIP``, and the egress rules live in
+    this chain, jumped to only with ``-s podIP``. A policy enforcing one direction keeps
+    upstream's single chain.
+    """
+    digest = hash16(namespace + name + family)
+    return (POLICY_EGRESS_CHAIN_PREFIX + digest)[:MAX_CHAIN_NAME]
+
+
+def direction_chains(
+    namespace: str, name: str, family: Family, ingress: bool, egress: bool
+) -> dict[str, str]:
+    """The chain of each direction a policy enforces: ``{"ingress": ..., "egress": ...}``.
+
+    One direction: upstream's :func:`policy_chain`. Both: the ingress rules there, the egress
+    rules in :func:`policy_egress_chain`.
+    """
+    out: dict[str, str] = {}
+    if ingress:
+        out["ingress"] = policy_chain(namespace, name, family)
+    if egress:
+        both = ingress
+        maker = policy_egress_chain if both else policy_chain
+        out["egress"] = maker(namespace, name, family)
+    return out
 
 
 def target_dst_set(namespace: str, name: str, family: Family) -> str:

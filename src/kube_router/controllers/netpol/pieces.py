@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from kube_router.config import Config
-from kube_router.controllers.netpol.names import IPV4, IPV6, Family, policy_chain
+from kube_router.controllers.netpol.names import IPV4, IPV6, Family, direction_chains
 from kube_router.k8s.models import Pod
 
 HASH_IP: Final = "hash:ip"
@@ -47,10 +47,13 @@ class SetEdit:
 
 @dataclass(frozen=True)
 class PolicyFamily:
-    """A policy's chain and the sets its rules match, for one family."""
+    """A policy's chains and the sets their rules match, for one family.
 
-    chain: str
-    rules: tuple[str, ...]
+    ``chains`` maps each enforced direction (``ingress``, ``egress``) to its chain's name and
+    rules: a direction's rules never share a chain with the other direction's.
+    """
+
+    chains: Mapping[str, tuple[str, tuple[str, ...]]]
     sets: tuple[IPSetSpec, ...]
 
 
@@ -77,8 +80,9 @@ class PolicyPiece:
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def chain(self, family: Family) -> str:
-        return policy_chain(self.namespace, self.name, family)
+    def chains(self, family: Family) -> dict[str, str]:
+        """Direction -> the chain a target pod's leg in that direction jumps to."""
+        return direction_chains(self.namespace, self.name, family, self.ingress, self.egress)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ its lines land in reverse; these are the resulting positions):
 1. jump to KUBE-NWPLCY-COMMON, then ACCEPT from the local node;
 2. ``-s podIP -j KUBE-NWPLCY-DEFAULT`` when no policy covers the pod's egress, and
    ``-d podIP -j KUBE-NWPLCY-DEFAULT`` when none covers its ingress;
-3. a jump to each selecting policy's chain (ingress-only ``-d podIP``, egress-only ``-s podIP``,
-   both unconditional);
+3. per selecting policy, ``-d podIP`` to its ingress chain and ``-s podIP`` to its egress chain
+   (upstream jumps unconditionally to its one chain when a policy has both types: see
+   ``names.policy_egress_chain`` for the hole that opens);
 4. NFLOG (group 100, 10/minute, burst 10) and REJECT what no policy marked, clear the allowed
    mark, and set the netpol-ok mark.
 """
@@ -50,16 +51,16 @@ PHYSDEV = "-m physdev --physdev-is-bridged"
 
 
 def _policy_jumps(ip: str, family: Family, policies: list[PolicyPiece]) -> list[str]:
+    """A jump per direction each policy enforces, matched to that direction's leg only: the
+    ingress chain for packets to the pod, the egress chain for packets from it."""
     rules = []
     for policy in policies:
         if policy.error is not None:  # fail closed: counted as covering, but nothing allows
             continue
-        if policy.ingress and policy.egress:
-            where = ""
-        else:
-            where = f"-d {ip}" if policy.ingress else f"-s {ip}"
         text = id_comment(policy.namespace, policy.name, "policy")
-        rules.append(join(where, text, f"-j {policy.chain(family)}"))
+        for direction, chain in policy.chains(family).items():
+            where = f"-d {ip}" if direction == "ingress" else f"-s {ip}"
+            rules.append(join(where, text, f"-j {chain}"))
     return rules
 
 

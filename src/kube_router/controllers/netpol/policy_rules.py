@@ -1,4 +1,4 @@
-"""The rules and sets of one policy chain, for one family, from resolved rules.
+"""The rules and sets of one policy's chains (one per direction), for one family.
 
 Each allowing match becomes two rules, as upstream's pair but for its second half::
 
@@ -137,14 +137,21 @@ def policy_family(
     directions: dict[str, list[RuleInfo]],
     target_ips: tuple[str, ...],
 ) -> PolicyFamily:
-    """The chain and sets of a policy for one family; ``directions`` holds the enforced ones."""
-    chain = _Chain(namespace, name, family)
+    """The chains and sets of a policy for one family; ``directions`` holds the enforced ones.
+
+    Each direction gets a chain of its own (:func:`names.direction_chains`): a pod chain jumps to
+    the ingress one only for packets to the pod and to the egress one only for packets from it.
+    """
+    chain_names = names.direction_chains(
+        namespace, name, family, INGRESS in directions, EGRESS in directions
+    )
+    sets: dict[str, IPSetSpec] = {}
+    chains: dict[str, tuple[str, tuple[str, ...]]] = {}
     for direction, rules in directions.items():
-        chain.direction = direction
+        chain = _Chain(namespace, name, family, direction, sets=sets)
         namer = names.target_dst_set if direction == INGRESS else names.target_src_set
         target = chain.add_set(namer(namespace, name, family), HASH_IP, target_ips)
         for rule_no, rule in enumerate(rules):
             _add_rule(chain, rule_no, rule, target)
-    return PolicyFamily(
-        names.policy_chain(namespace, name, family), tuple(chain.rules), tuple(chain.sets.values())
-    )
+        chains[direction] = (chain_names[direction], tuple(chain.rules))
+    return PolicyFamily(chains, tuple(sets.values()))
