@@ -258,28 +258,52 @@ def test_except_of_another_family_is_an_error() -> None:
     assert "not of the family" in piece.error
 
 
-def test_egress_named_port_without_to_uses_namespace_pods() -> None:
-    dns = pod(
+def _dns_pod(ns: str, name: str, ip: str, number: int) -> Pod:
+    ports = [{"name": "dns", "containerPort": number, "protocol": "UDP"}]
+    return pod(
         {
-            "metadata": {"namespace": "a", "name": "dns"},
-            "spec": {
-                "containers": [{"ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"}]}]
-            },
-            "status": {"phase": "Running", "podIP": "10.1.0.53", "hostIP": "10.0.0.2"},
+            "metadata": {"namespace": ns, "name": name},
+            "spec": {"containers": [{"ports": ports}]},
+            "status": {"phase": "Running", "podIP": ip, "hostIP": "10.0.0.2"},
         }
     )
+
+
+@pytest.mark.parametrize(
+    ("to", "kind", "block"),
+    [([], "any", None), ([{"ipBlock": {"cidr": "10.1.0.0/16"}}], "cidr", "10.1.0.0/16")],
+)
+def test_egress_named_port_towards_any_address_resolves_on_every_pod(
+    to: list[Any], kind: str, block: str | None
+) -> None:
+    # The name is the destination pod's, wherever it runs: pods of other namespaces give it their
+    # numbers too, and the rule matches only towards pods exposing it (upstream matches the
+    # policy namespace's numbers towards any address, and no named port towards an ipBlock).
+    pods = {
+        "a": [_dns_pod("a", "dns", "10.1.0.53", 53)],
+        "b": [_dns_pod("b", "dns", "10.1.1.53", 5353)],
+    }
     spec = {
         "podSelector": {},
         "policyTypes": ["Egress"],
-        "egress": [{"ports": [{"protocol": "UDP", "port": "dns"}]}],
+        "egress": [{"to": to, "ports": [{"protocol": "UDP", "port": "dns"}]}],
     }
     obj = policy({"metadata": {"namespace": "a", "name": "p"}, "spec": spec})
-    piece = compile_policy(obj, {"a": [dns]}, [], config())
+    fam = compile_policy(obj, pods, [], config()).families["IPv4"]
     src = names.target_src_set("a", "p", "IPv4")
-    assert piece.families["IPv4"].chains["egress"][1][0] == (
-        f'-m comment --comment "a/p egress any np" -m set --match-set {src} src -p udp --dport 53'
-        " -j MARK --set-xmark 0x10000/0x10000"
+    blk = (
+        f" -m set --match-set {names.egress_ipblock_set('a', 'p', 0, 'IPv4')} dst" if block else ""
     )
+    marks = [r for r in fam.chains["egress"][1] if "MARK" in r]
+    sets = {s.name: s.entries for s in fam.sets}
+    for index, (number, ip) in enumerate(((53, "10.1.0.53"), (5353, "10.1.1.53"))):
+        owners = names.egress_any_named_port_set("a", "p", 0, index, "IPv4")
+        assert marks[index] == (
+            f'-m comment --comment "a/p egress {kind} np" -m set --match-set {src} src{blk}'
+            f" -m set --match-set {owners} dst -p udp --dport {number}"
+            " -j MARK --set-xmark 0x10000/0x10000"
+        )
+        assert sets[owners] == (ip,)
 
 
 def test_peer_selector_matching_nothing_keeps_rule_and_empty_set() -> None:
@@ -349,3 +373,40 @@ def test_assemble_puts_pod_jumps_before_the_tail() -> None:
     assert by_name["kube-router-local-pods"].kind == HASH_IP
     assert names.target_dst_set("a", "p", "IPv4") in by_name
     assert static["KUBE-ROUTER-FORWARD"] == ROUTER_TAIL  # the input is not modified
+
+
+@pytest.mark.parametrize(
+    ("blocks", "expected"),
+    [
+        # One block's except is the other block: the union is the whole of both.
+        (
+            [{"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}, {"cidr": "10.0.0.0/8"}],
+            ["0.0.0.0/1", "128.0.0.0/1"],
+        ),
+        # A wider block around another's except covers it.
+        (
+            [{"cidr": "10.1.0.0/16", "except": ["10.1.2.0/24"]}, {"cidr": "10.0.0.0/12"}],
+            ["10.0.0.0/12"],
+        ),
+        # Disjoint blocks, each less its except.
+        (
+            [{"cidr": "10.0.0.0/30", "except": ["10.0.0.1/32"]}, {"cidr": "10.9.0.0/31"}],
+            ["10.0.0.0/32", "10.0.0.2/31", "10.9.0.0/31"],
+        ),
+        (
+            [{"cidr": "fd00::/126", "except": ["fd00::/127"]}, {"cidr": "fd00::4/127"}],
+            ["fd00::2/127", "fd00::4/127"],
+        ),
+    ],
+)
+def test_several_ipblocks_of_a_rule_become_their_exact_union(
+    blocks: list[dict[str, Any]], expected: list[str]
+) -> None:
+    spec = {"podSelector": {}, "ingress": [{"from": [{"ipBlock": b} for b in blocks]}]}
+    obj = policy({"metadata": {"namespace": "a", "name": "p"}, "spec": spec})
+    cfg = config(enable_ipv6=True)
+    piece = compile_policy(obj, {"a": [running("a", "w", "10.1.0.2")]}, [], cfg)
+    family = "IPv6" if ":" in expected[0] else "IPv4"
+    name = names.ingress_ipblock_set("a", "p", 0, family)
+    sets = {s.name: s.entries for s in piece.families[family].sets}
+    assert sets[name] == tuple(expected)

@@ -42,6 +42,7 @@ from kube_router.controllers.netpol.resolve import (
     PodsByNs,
     PolicyError,
     RuleInfo,
+    all_pods,
     family_ips,
     has_named_port,
     ipblock_entries,
@@ -50,9 +51,11 @@ from kube_router.controllers.netpol.resolve import (
     resolve_ports,
     select_in,
     target_pods,
+    union_entries,
 )
 from kube_router.controllers.netpol.static_rules import compile_static
 from kube_router.k8s.models import (
+    IPBlock,
     LabelSelector,
     Namespace,
     NetworkPolicy,
@@ -97,6 +100,7 @@ def _resolve_rule(
     pods_index, namespaces, families = context
     rule = RuleInfo(match_all_peers=not peers, selects_pods=False)
     seen: set[int] = set()  # ids: the index holds one object per pod
+    blocks: dict[Family, list[IPBlock]] = {}
     for i, peer in enumerate(peers):
         at = f"{where}[{i}]"
         if peer.pod_selector is not None or peer.namespace_selector is not None:
@@ -110,24 +114,19 @@ def _resolve_rule(
         elif peer.ip_block is not None:
             family, entries = ipblock_entries(peer.ip_block, at)
             if family in families:
-                rule.ipblocks.setdefault(family, []).extend(entries)
+                rule.ipblocks[family] = entries
+                blocks.setdefault(family, []).append(peer.ip_block)
             else:
                 warnings.append(f"{at}.ipBlock {peer.ip_block.cidr}: {family} is not enabled")
+    for family, several in blocks.items():
+        if len(several) > 1:  # upstream's one-block layout would let excepts hide other blocks
+            rule.ipblocks[family] = union_entries(several, where)
     rule.match_all_ports = not ports
     return rule
 
 
-def _owners_of_egress_ports(
-    policy: NetworkPolicy, rule: RuleInfo, ports: Sequence[NetworkPolicyPort], pods: PodsByNs
-) -> list[Pod]:
-    """Pods whose container ports give egress named ports their numbers.
-
-    The peer pods; with no ``to`` (any destination), the pods of the policy's namespace, as
-    upstream does.
-    """
-    if rule.match_all_peers and has_named_port(ports):
-        return select_in(pods, policy.metadata.namespace, LabelSelector())
-    return rule.peer_pods
+def _has_ipblock(peers: Sequence[NetworkPolicyPeer]) -> bool:
+    return any(peer.ip_block is not None for peer in peers)
 
 
 def _resolve_rules(
@@ -152,8 +151,12 @@ def _resolve_rules(
         for i, erule in enumerate(policy.spec.egress):
             where = f"spec.egress[{i}]"
             rule = _resolve_rule(policy, f"{where}.to", erule.to, erule.ports, context, warnings)
-            owners = _owners_of_egress_ports(policy, rule, erule.ports, context[0])
-            rule.ports, rule.named = resolve_ports(erule.ports, owners, where)
+            # A named port is the destination pod's: the peer pods' for selector peers, any
+            # pod's for no ``to`` and for ipBlocks (upstream takes the policy namespace's pods'
+            # numbers and matches them towards any address, and drops them towards ipBlocks).
+            rule.ports, rule.named = resolve_ports(erule.ports, rule.peer_pods, where)
+            if has_named_port(erule.ports) and (rule.match_all_peers or _has_ipblock(erule.to)):
+                rule.named_any = resolve_ports(erule.ports, all_pods(context[0]), where)[1]
             out[EGRESS].append(rule)
     return out
 

@@ -24,7 +24,7 @@ from kube_router.controllers.netpol.pieces import (
     is_actionable,
     pod_ips,
 )
-from kube_router.controllers.netpol.resolve import has_named_port
+from kube_router.controllers.netpol.resolve import has_named_port, resolves_named_ports_anywhere
 from kube_router.controllers.netpol.selectors import matches
 from kube_router.k8s.models import LabelSelector, NetworkPolicy, NetworkPolicyPeer, Pod
 
@@ -74,12 +74,15 @@ class Effect(enum.Enum):
 
 def pod_effect(policy: NetworkPolicy, pod: Pod, ns_labels: Mapping[str, str]) -> Effect:
     """Conservative: a pod of the policy's namespace that its podSelector may target, or any pod
-    of that namespace when the policy has named ports (they resolve against those pods), needs
-    a recompile; a pod only a peer selects needs a peer-set delta."""
+    of that namespace when the policy has named ports (they resolve against those pods), or any
+    pod at all when an egress rule resolves named ports on every pod, needs a recompile; a pod
+    only a peer selects needs a peer-set delta."""
     if pod.metadata.namespace == policy.metadata.namespace and (
         has_named_ports(policy) or may_match(policy.spec.pod_selector, pod.metadata.labels)
     ):
         return Effect.RECOMPILE
+    if resolves_named_ports_anywhere(policy):
+        return Effect.RECOMPILE  # a pod anywhere may expose (or stop exposing) the named port
     if any(selects_peer(policy, peers, pod, ns_labels) for peers, _, _ in rule_peers(policy)):
         return Effect.DELTA
     return Effect.NONE

@@ -26,7 +26,7 @@ from kube_router.controllers.netpol.delta import (
 )
 from kube_router.controllers.netpol.names import Family
 from kube_router.controllers.netpol.pieces import PodPiece, pod_key
-from kube_router.controllers.netpol.resolve import PodIndex
+from kube_router.controllers.netpol.resolve import PodIndex, resolves_named_ports_anywhere
 from kube_router.k8s.models import Namespace, NetworkPolicy, Pod
 
 BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
@@ -85,14 +85,16 @@ class IncrementalCompiler:
         self.deltas = 0
 
     def _reaching_across(self, objs: dict[str, NetworkPolicy]) -> dict[str, bool]:
-        """Per policy: whether a namespaceSelector peer lets it reach other namespaces (kept per
-        policy object, so only new and changed policies are looked at)."""
+        """Per policy: whether a namespaceSelector peer, or named ports resolved on every pod, let
+        it reach other namespaces (kept per policy object, so only new and changed policies are
+        looked at)."""
         fresh: dict[str, tuple[NetworkPolicy, bool]] = {}
         for key, pol in objs.items():
             hit = self._across.get(key)
             if hit is None or hit[0] is not pol:
                 peers = (p for rule, _, _ in rule_peers(pol) for p in rule)
-                hit = (pol, any(p.namespace_selector is not None for p in peers))
+                wide = any(p.namespace_selector is not None for p in peers)
+                hit = (pol, wide or resolves_named_ports_anywhere(pol))
             fresh[key] = hit
         self._across = fresh
         return {key: hit[1] for key, hit in fresh.items()}

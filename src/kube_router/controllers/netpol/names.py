@@ -166,6 +166,18 @@ def egress_named_port_set(
     return ipset_name(DST_SET_PREFIX + digest, family)
 
 
+def egress_any_named_port_set(
+    namespace: str, name: str, rule: int, port_index: int, family: Family
+) -> str:
+    """Pods of the whole cluster with named port ``port_index`` of egress rule ``rule``, for its
+    ``to``-less or ipBlock peers (ours: upstream resolves no named port towards those).
+
+    hash(ns + name + "egressrule" + idx + npIdx + family + "namedportany").
+    """
+    digest = _rule_hash(namespace, name, "egress", rule, f"{port_index}{family}namedportany")
+    return ipset_name(DST_SET_PREFIX + digest, family)
+
+
 def local_pods_set(family: Family) -> str:
     """``kube-router-local-pods`` (``inet6:`` prefixed for IPv6), used with default deny."""
     return ipset_name(LOCAL_PODS_SET, family)

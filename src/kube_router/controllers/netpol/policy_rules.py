@@ -14,7 +14,9 @@ by walking the kernel's list of sets, which at 1,000 policies was most of its ti
 
 Ingress rules put the policy's target pods on the destination side and the peers on the source
 side; egress rules the other way round. A named port is matched through a set of the pods that
-expose it (on the destination side) and the number it stands for.
+expose it (on the destination side) and the number it stands for: the target pods for ingress,
+the peer pods for egress to selected pods, and every pod of the cluster for egress to any address
+or to an ipBlock (beside the ipBlock's own set).
 """
 
 from __future__ import annotations
@@ -52,12 +54,15 @@ class _Chain:
         self.sets.setdefault(name, IPSetSpec(name, kind, self.family, entries))
         return name
 
-    def allow(self, kind: str, src: str, dst: str, port: PortMatch | None) -> None:
+    def allow(
+        self, kind: str, src: str, dst: str, port: PortMatch | None, also_dst: str = ""
+    ) -> None:
         text = id_comment(self.namespace, self.name, f"{self.direction} {kind}")
         match = join(
             text,
             f"-m set --match-set {src} src" if src else "",
             f"-m set --match-set {dst} dst" if dst else "",
+            f"-m set --match-set {also_dst} dst" if also_dst else "",
             f"-p {port.protocol}" if port else "",
             f"--dport {port.port}" if port and port.port else "",
         )
@@ -77,26 +82,37 @@ def _named_port_set(chain: _Chain, rule_no: int, index: int, ips: tuple[str, ...
     return chain.add_set(name, HASH_IP, family_ips(ips, chain.family))
 
 
+def _anywhere_named_port_set(chain: _Chain, rule_no: int, index: int, ips: tuple[str, ...]) -> str:
+    name = names.egress_any_named_port_set(
+        chain.namespace, chain.name, rule_no, index, chain.family
+    )
+    return chain.add_set(name, HASH_IP, family_ips(ips, chain.family))
+
+
 def _allow_ports(
-    chain: _Chain, kind: str, rule_no: int, rule: RuleInfo, src: str, dst: str, named_dst: bool
+    chain: _Chain, kind: str, rule_no: int, rule: RuleInfo, src: str, dst: str, anywhere: bool
 ) -> None:
     """Allow src->dst on the rule's ports: all ports, each numeric port, each named port.
 
-    With ``named_dst`` a named port matches its own set of pods on the destination side;
-    without, only its number (egress to any destination).
+    A named port matches its number towards the pods that expose it under that name: a set of
+    them replaces the destination side (target or peer pods); with ``anywhere`` (egress to any
+    address or to an ipBlock) it is a set of such pods of the whole cluster, matched beside the
+    destination set, if any.
     """
     if rule.match_all_ports:
         chain.allow(kind, src, dst, None)
         return
     for port in rule.ports:
         chain.allow(kind, src, dst, port)
-    for index, endpoint in enumerate(rule.named):
+    named = rule.named_any if anywhere else rule.named
+    for index, endpoint in enumerate(named):
         number = PortMatch(endpoint.protocol, str(endpoint.port))
-        if named_dst:
-            named = _named_port_set(chain, rule_no, index, endpoint.ips)
-            chain.allow(kind + NAMED_PORT_SUFFIX, src, named, number)
+        if anywhere:
+            owners = _anywhere_named_port_set(chain, rule_no, index, endpoint.ips)
+            chain.allow(kind + NAMED_PORT_SUFFIX, src, dst, number, also_dst=owners)
         else:
-            chain.allow(kind + NAMED_PORT_SUFFIX, src, dst, number)
+            owners = _named_port_set(chain, rule_no, index, endpoint.ips)
+            chain.allow(kind + NAMED_PORT_SUFFIX, src, owners, number)
 
 
 def _peer_pods_set(chain: _Chain, rule_no: int, rule: RuleInfo) -> str:
@@ -113,21 +129,17 @@ def _ipblock_set(chain: _Chain, rule_no: int, entries: list[str]) -> str:
 
 def _add_rule(chain: _Chain, rule_no: int, rule: RuleInfo, target: str) -> None:
     """One ingress/egress rule: peer pods, then any peer, then ipBlocks (upstream's order)."""
-    ingress = chain.direction == INGRESS
+    egress = chain.direction == EGRESS
     if rule.selects_pods:
         src, dst = chain.pair(target, _peer_pods_set(chain, rule_no, rule))
-        _allow_ports(chain, "pods", rule_no, rule, src, dst, named_dst=True)
+        _allow_ports(chain, "pods", rule_no, rule, src, dst, anywhere=False)
     if rule.match_all_peers:
         src, dst = chain.pair(target, "")
-        _allow_ports(chain, "any", rule_no, rule, src, dst, named_dst=ingress)
+        _allow_ports(chain, "any", rule_no, rule, src, dst, anywhere=egress)
     blocks = rule.ipblocks.get(chain.family, [])
     if blocks:
         src, dst = chain.pair(target, _ipblock_set(chain, rule_no, blocks))
-        if ingress:
-            _allow_ports(chain, "cidr", rule_no, rule, src, dst, named_dst=True)
-        else:  # upstream matches no named port towards an ipBlock
-            plain = RuleInfo(False, False, match_all_ports=rule.match_all_ports, ports=rule.ports)
-            _allow_ports(chain, "cidr", rule_no, plain, src, dst, named_dst=False)
+        _allow_ports(chain, "cidr", rule_no, rule, src, dst, anywhere=egress)
 
 
 def policy_family(

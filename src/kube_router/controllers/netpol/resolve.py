@@ -173,7 +173,10 @@ class RuleInfo:
     ipblocks: dict[Family, list[str]] = field(default_factory=dict)  # hash:net entries
     match_all_ports: bool = True  # empty ports
     ports: list[PortMatch] = field(default_factory=list)
-    named: list[NamedEndpoint] = field(default_factory=list)
+    named: list[NamedEndpoint] = field(default_factory=list)  # on the peer pods (or targets)
+    # Egress towards any destination or an ipBlock: named ports resolved on every pod of the
+    # cluster, since the destination pod, wherever it is, gives the name its number.
+    named_any: list[NamedEndpoint] = field(default_factory=list)
 
 
 def policy_types(policy: NetworkPolicy) -> tuple[bool, bool]:
@@ -260,6 +263,39 @@ def ipblock_entries(block: IPBlock, where: str) -> tuple[Family, list[str]]:
     return family, entries
 
 
+def union_entries(blocks: Sequence[IPBlock], where: str) -> list[str]:
+    """hash:net entries matching exactly the addresses of any of ``blocks`` (one family, each
+    valid): the union of each CIDR less its excepts, as CIDRs without ``nomatch``.
+
+    One set cannot hold several blocks the way :func:`ipblock_entries` lays one out: the longest
+    matching prefix decides, so one block's except would hide another block's addresses (and a
+    CIDR that is one block and another's except cannot be both a match and a ``nomatch``).
+    """
+    kept: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for block in blocks:
+        parts = [_network(block.cidr, f"{where}.ipBlock.cidr")]
+        for text in block.except_:
+            parts = _without(parts, _network(text, f"{where}.ipBlock.except"))
+        kept.extend(parts)
+    nets = ipaddress.collapse_addresses(kept)  # type: ignore[type-var]
+    return [text for net in nets for text in _block_entries(net, "")]
+
+
+def _without(
+    parts: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+    cut: ipaddress.IPv4Network | ipaddress.IPv6Network,
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for part in parts:
+        if part.subnet_of(cut):  # type: ignore[arg-type]
+            continue
+        if cut.subnet_of(part):  # type: ignore[arg-type]
+            out.extend(part.address_exclude(cut))  # type: ignore[arg-type]
+        else:
+            out.append(part)
+    return out
+
+
 def _protocol(port: NetworkPolicyPort, where: str) -> str:
     protocol = port.protocol or "TCP"
     if protocol not in PROTOCOLS:
@@ -316,6 +352,21 @@ def resolve_ports(
 
 def has_named_port(ports: Sequence[NetworkPolicyPort]) -> bool:
     return any(isinstance(port.port, str) for port in ports)
+
+
+def resolves_named_ports_anywhere(policy: NetworkPolicy) -> bool:
+    """Whether an egress rule's named ports reach destinations that no selector names (no
+    ``to``, or an ipBlock): they resolve on every pod of the cluster, so any pod can move them."""
+    return any(
+        has_named_port(rule.ports)
+        and (not rule.to or any(peer.ip_block is not None for peer in rule.to))
+        for rule in policy.spec.egress
+    )
+
+
+def all_pods(pods_index: PodsByNs) -> list[Pod]:
+    """The actionable pods of every namespace."""
+    return [pod for ns in pods_index for pod in pods_index[ns] if is_actionable(pod)]
 
 
 def family_ips(ips: Iterable[str], family: Family) -> tuple[str, ...]:
