@@ -8,6 +8,7 @@ built-in chain runs out. Set membership is asked of ``ipset_contains`` (the ipse
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from kube_router.dataplane.iptables_modules import parse_value_mask
 from kube_router.dataplane.iptables_parse import Family, IPTablesError
 from kube_router.dataplane.iptables_rule import CanonRule, Match, Opt
 
+ADDRESS_CACHE_SIZE = 4096
 MAX_DEPTH = 64  # deeper than any ruleset we write; a loop would otherwise never end
 U32_MASK = 0xFFFFFFFF
 TERMINAL = frozenset({"ACCEPT", "DROP", "REJECT"})
@@ -28,6 +30,12 @@ Proto = Literal["tcp", "udp", "sctp", "icmp"]
 CtState = Literal["NEW", "ESTABLISHED", "RELATED", "INVALID"]
 # (set name, member as the set's dimensions spell it, the flags: "src", "dst,dst", ...)
 IpsetContains = Callable[[str, str, str], bool]
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A packet's address, parsed once: a matrix traces the same few addresses many times."""
+    return ipaddress.ip_address(text)
 
 
 class TraceError(IPTablesError):
@@ -135,9 +143,9 @@ class _Walk:
 
     def matches(self, rule: CanonRule) -> bool:
         p = self.packet
-        if rule.src is not None and (ipaddress.ip_address(p.src) in rule.src[1]) == rule.src[0]:
+        if rule.src is not None and (_address(p.src) in rule.src[1]) == rule.src[0]:
             return False
-        if rule.dst is not None and (ipaddress.ip_address(p.dst) in rule.dst[1]) == rule.dst[0]:
+        if rule.dst is not None and (_address(p.dst) in rule.dst[1]) == rule.dst[0]:
             return False
         if rule.in_iface is not None and _iface(rule.in_iface[1], p.in_iface) == rule.in_iface[0]:
             return False
