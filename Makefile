@@ -8,10 +8,10 @@ MD_FILES := README.md docs
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup setup-vm test test-unit lint fmt fmt-check bench demo demo-down container clean
+.PHONY: help setup setup-vm test test-unit test-netpol-fuzz lint fmt fmt-check bench demo demo-down container clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 setup: ## install apt packages, the virtualenv and tools (idempotent)
 	@bash scripts/setup.sh
@@ -24,6 +24,12 @@ test: setup ## run every test tier this machine supports, with coverage
 
 test-unit: setup ## run only the unit tier
 	@$(PY) -m pytest tests/unit -q
+
+SEEDS ?= 20
+EXAMPLES ?= 5000
+test-netpol-fuzz: setup ## NetworkPolicy against the oracle: EXAMPLES random worlds (unit), SEEDS seeds with real packets (root)
+	NETPOL_DIFF_EXAMPLES=$(EXAMPLES) $(PY) -m pytest tests/unit/test_netpol_oracle_diff.py -q -p no:cacheprovider
+	NETPOL_FUZZ_SEEDS=$(SEEDS) $(PY) -m pytest tests/privileged/test_netpol_oracle_packets.py -q -p no:cacheprovider
 
 lint: setup ## ruff, mypy --strict on src/, markdownlint on README and docs
 	$(VENV)/bin/ruff check src tests bench

@@ -254,10 +254,11 @@ class Scenario:
 def scenario(
     c: Chooser, slots: Sequence[Slot], blocks: Sequence[Obj], protocols: Sequence[str] = PROTOCOLS
 ) -> Scenario:
-    """A random world: every namespace, most pods, 1 to 4 policies. Policies may name any of
-    ``protocols``; the world's ``protocols`` (what a tier probes) are TCP and one or both others."""
-    probed = c.pick(((0, 1), (0, 2), (0, 1, 2)))
-    probing = tuple(protocols[i] for i in probed if i < len(protocols))
+    """A random world: every namespace, most pods, 1 to 4 policies. Policies may name any
+    protocol; the world's ``protocols`` (what a tier probes) are ``protocols`` when there are two
+    or fewer, else TCP and one or both others."""
+    probed = c.pick(((0, 1), (0, 2), (0, 1, 2))) if len(protocols) > 2 else range(len(protocols))
+    probing = tuple(protocols[i] for i in probed)
     world = Scenario(tuple(slots), tuple(blocks), probing)
     for name in NAMESPACES:
         world.namespaces[name] = namespace_object(c, name)

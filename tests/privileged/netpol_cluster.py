@@ -203,7 +203,8 @@ class Cluster:
             obj = copy.deepcopy(obj)
             obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             self.lab.store.update(resource, obj)
-        rv = str(self.lab.store.resource_version)
+        # The object's own version: an update that changes nothing keeps it (no event comes).
+        rv = str(self.lab.store.get(resource, ns, meta["name"])["metadata"]["resourceVersion"])
         key = f"{ns}/{meta['name']}" if ns else meta["name"]
         store = self._informer_store(resource)
         await self.converge(
