@@ -10,7 +10,7 @@ destination's ingress. A lab pod without an API object still has its network: th
 agent see its address as no pod's.
 
 ``NETPOL_FUZZ_SEEDS=N`` runs seeds 0..N-1 (``make test-netpol-fuzz``); CI runs the default few
-plus every seed in ``tests/testdata/netpol/oracle/seeds.json`` (a seed that once failed).
+plus every seed in ``tests/testdata/netpol/oracle_packet_seeds.json`` (a seed that once failed).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from oracle.netpol_cases import PORTS, Scenario, SeededChooser, Slot, Step, chur
 DEFAULT_SEEDS = 3
 SEEDS = int(os.environ.get("NETPOL_FUZZ_SEEDS", DEFAULT_SEEDS))
 STEPS = int(os.environ.get("NETPOL_FUZZ_STEPS", "5"))
-SEED_FILE = Path(__file__).parent.parent / "testdata" / "netpol" / "oracle" / "seeds.json"
+SEED_FILE = Path(__file__).parent.parent / "testdata" / "netpol" / "oracle_packet_seeds.json"
 # The lab pods serve TCP and UDP; this host kernel has no SCTP (the unit tier covers it).
 PROBED = ("TCP", "UDP")
 ALL_ROUTES = ("10.0.0.0/8", "fd00::/8")
