@@ -388,14 +388,19 @@ def test_assemble_puts_pod_jumps_before_the_tail() -> None:
             [{"cidr": "10.1.0.0/16", "except": ["10.1.2.0/24"]}, {"cidr": "10.0.0.0/12"}],
             ["10.0.0.0/12"],
         ),
-        # Disjoint blocks, each less its except.
+        # Excepts that touch no other block: upstream's entries are exact and kept.
         (
             [{"cidr": "10.0.0.0/30", "except": ["10.0.0.1/32"]}, {"cidr": "10.9.0.0/31"}],
-            ["10.0.0.0/32", "10.0.0.2/31", "10.9.0.0/31"],
+            ["10.0.0.0/30", "10.0.0.1/32 nomatch", "10.9.0.0/31"],
+        ),
+        # An except inside another block: that block's addresses stay allowed.
+        (
+            [{"cidr": "10.0.0.0/30", "except": ["10.0.0.1/32"]}, {"cidr": "10.0.0.0/31"}],
+            ["10.0.0.0/30"],
         ),
         (
-            [{"cidr": "fd00::/126", "except": ["fd00::/127"]}, {"cidr": "fd00::4/127"}],
-            ["fd00::2/127", "fd00::4/127"],
+            [{"cidr": "fd00::/126", "except": ["fd00::/127"]}, {"cidr": "fd00::1/128"}],
+            ["fd00::1/128", "fd00::2/127"],
         ),
     ],
 )

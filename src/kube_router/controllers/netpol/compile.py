@@ -43,6 +43,7 @@ from kube_router.controllers.netpol.resolve import (
     PolicyError,
     RuleInfo,
     all_pods,
+    excepts_cross,
     family_ips,
     has_named_port,
     ipblock_entries,
@@ -114,12 +115,12 @@ def _resolve_rule(
         elif peer.ip_block is not None:
             family, entries = ipblock_entries(peer.ip_block, at)
             if family in families:
-                rule.ipblocks[family] = entries
+                rule.ipblocks.setdefault(family, []).extend(entries)
                 blocks.setdefault(family, []).append(peer.ip_block)
             else:
                 warnings.append(f"{at}.ipBlock {peer.ip_block.cidr}: {family} is not enabled")
     for family, several in blocks.items():
-        if len(several) > 1:  # upstream's one-block layout would let excepts hide other blocks
+        if len(several) > 1 and excepts_cross(several):  # upstream's layout would be wrong
             rule.ipblocks[family] = union_entries(several, where)
     rule.match_all_ports = not ports
     return rule

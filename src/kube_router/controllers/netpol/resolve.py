@@ -263,6 +263,20 @@ def ipblock_entries(block: IPBlock, where: str) -> tuple[Family, list[str]]:
     return family, entries
 
 
+def excepts_cross(blocks: Sequence[IPBlock]) -> bool:
+    """Whether one block's except overlaps another block (all valid, one family): only then does
+    the one-set layout of :func:`ipblock_entries` (every CIDR, every except ``nomatch``) match
+    other than the union of the blocks, so only then is :func:`union_entries` needed."""
+    nets = [(_network(b.cidr, "cidr"), [_network(e, "except") for e in b.except_]) for b in blocks]
+    return any(
+        cut.overlaps(other)
+        for i, (_, cuts) in enumerate(nets)
+        for cut in cuts
+        for j, (other, _) in enumerate(nets)
+        if i != j
+    )
+
+
 def union_entries(blocks: Sequence[IPBlock], where: str) -> list[str]:
     """hash:net entries matching exactly the addresses of any of ``blocks`` (one family, each
     valid): the union of each CIDR less its excepts, as CIDRs without ``nomatch``.
