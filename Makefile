@@ -50,10 +50,10 @@ bench: setup ## run the benchmarks under bench/ (figures go into docs/benchmarks
 	$(PY) bench/routing.py
 
 demo: setup ## start a lab cluster on this machine (API server + nodes in netns + agents)
-	$(PY) -m kube_router.lab.demo up
+	$(PY) -m kube_router_lab.demo up
 
 demo-down: setup ## tear down what `make demo` left behind
-	$(PY) -m kube_router.lab.demo down
+	$(PY) -m kube_router_lab.demo down
 
 container: ## build the container image (needs a Docker engine)
 	@if ! docker info >/dev/null 2>&1; then echo "container: no Docker engine reachable (docker info failed)" >&2; exit 1; fi

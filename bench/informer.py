@@ -183,7 +183,7 @@ def make_objects(scale: float) -> dict[str, list[dict[str, Any]]]:
 
 
 def _serve(scale: float, conn: Any) -> None:
-    from kube_router.lab.apiserver import LabServer
+    from kube_router_lab.apiserver import LabServer
 
     async def main() -> None:
         server = LabServer("127.0.0.1", 0, bookmark_interval=5.0)

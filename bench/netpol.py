@@ -363,7 +363,7 @@ class Bench:
     async def run(self) -> None:
         from kube_router.k8s.client import KubeClient
         from kube_router.k8s.informers import Informers
-        from kube_router.lab.apiserver import LabServer
+        from kube_router_lab.apiserver import LabServer
 
         lab = LabServer("127.0.0.1", 0, bookmark_interval=5.0)
         lab.store.load("nodes", [make_node(k) for k in range(N_NODES)])

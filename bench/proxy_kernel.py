@@ -173,7 +173,7 @@ async def kernel_run(args: argparse.Namespace) -> dict[str, Any]:
 def vm_run(args: argparse.Namespace, script: Path) -> dict[str, Any]:
     """``script`` with --in-vm in a qemu VM (under the VM lock); its JSON."""
     argv = [
-        *("flock", VM_LOCK, sys.executable, "-m", "kube_router.lab.vm", "run"),
+        *("flock", VM_LOCK, sys.executable, "-m", "kube_router_lab.vm", "run"),
         *("--memory", str(VM_MEMORY_MB), "--timeout", str(VM_TIMEOUT_S), "--modprobe", VM_MODULES),
         *("--", sys.executable, str(script), "--in-vm"),
         *("--scale", str(args.scale), "--vm-changes", str(args.vm_changes)),

@@ -51,10 +51,10 @@ from typing import Any
 from kube_router.bgp.engine import EngineError
 from kube_router.bgp.grpc_engine import GrpcEngine
 from kube_router.bgp.model import PathSpec, RouteEvent
-from kube_router.lab import cluster as lab
-from kube_router.lab import underlay
-from kube_router.lab.bgprouter import API_TIMEOUT_S, GOBGPD, ExternalRouter, Neighbor
-from kube_router.lab.cluster import Cluster, ClusterNode, ClusterSpec
+from kube_router_lab import cluster as lab
+from kube_router_lab import underlay
+from kube_router_lab.bgprouter import API_TIMEOUT_S, GOBGPD, ExternalRouter, Neighbor
+from kube_router_lab.cluster import Cluster, ClusterNode, ClusterSpec
 from routing_monitor import RouteMonitor, WireMonitor, cpu_s, memory_kib
 
 PREFIX = "krbench"

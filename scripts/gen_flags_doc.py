@@ -45,8 +45,8 @@ The command line follows Go's pflag:
   (binary) prefixes are honoured; negative or too large values are refused;
 - list flags (`strings`, `uints`, `ipSlice`) take comma-separated values and may be repeated: the
   first use replaces the default, later uses append;
-- positional arguments are refused, except the lab subcommand `kube-router lab apiserver [--host H]
-  [--port N] [--kubeconfig PATH]`.
+- positional arguments are refused (the lab's API server, once `kube-router lab apiserver`, is
+  `python -m kube_router_lab apiserver` in a development tree: the lab is not part of the product).
 
 A bad flag or value prints one line naming the flag and exits with status 1, for example:
 

@@ -39,6 +39,10 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
+# The lab (src/kube_router_lab) is not part of the distribution: a .pth file puts src/ on the
+# virtualenv's path so the tests, the demo and the benchmarks import it from the tree.
+site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$(pwd)/src" > "$site/kube_router_lab.pth"
 # gobgpd's gRPC stubs from Debian's golang-github-osrg-gobgp-dev (downloaded, never installed).
 PYTHON="$VENV/bin/python" bash scripts/gen_gobgp.sh
 

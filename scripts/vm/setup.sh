@@ -2,7 +2,7 @@
 # Set-up of the VM tier (tests/vm): qemu and the tools the image build needs from apt, and in the
 # cache directory (.vm/ unless KUBE_ROUTER_VM_CACHE says otherwise) Debian's stock kernel for the
 # guest: the package behind linux-image-amd64 is downloaded and unpacked there, never installed on
-# this host. Then depmod, and kube_router.lab.vmimage writes vmlinux and initramfs.cpio.gz.
+# this host. Then depmod, and kube_router_lab.vmimage writes vmlinux and initramfs.cpio.gz.
 # Idempotent: a stamp keyed on the inputs and the kernel package skips the work. Needs root only
 # to install missing apt packages. Facts behind it: ../shared/reference/kernel-vm.md.
 set -euo pipefail
@@ -48,7 +48,7 @@ if [[ -z $pkg ]]; then
   exit 1
 fi
 
-inputs=(scripts/vm/setup.sh src/kube_router/lab/vmimage.py src/kube_router/lab/vmguest/init)
+inputs=(scripts/vm/setup.sh src/kube_router_lab/vmimage.py src/kube_router_lab/vmguest/init)
 key=$({ cat "${inputs[@]}"; echo "$pkg"; } | sha256sum | cut -c1-16)
 stamp="$STAMP_DIR/vm-$key"
 if [[ -f $stamp && -f $CACHE/vmlinux && -f $CACHE/initramfs.cpio.gz && -f $CACHE/kver ]]; then
@@ -75,7 +75,7 @@ fi
 depmod -b "$CACHE/kroot.new" "$kver"
 rm -rf "$CACHE/kroot" "$CACHE/download"
 mv "$CACHE/kroot.new" "$CACHE/kroot"
-"$VENV/bin/python" -m kube_router.lab.vmimage build --kroot "$CACHE/kroot" --kver "$kver" --out "$CACHE"
+"$VENV/bin/python" -m kube_router_lab.vmimage build --kroot "$CACHE/kroot" --kver "$kver" --out "$CACHE"
 echo "$kver" >"$CACHE/kver"
 
 rm -f "$STAMP_DIR"/vm-*

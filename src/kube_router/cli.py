@@ -1,4 +1,4 @@
-"""The ``kube-router`` command: upstream's command line, plus ``kube-router lab apiserver``.
+"""The ``kube-router`` command: upstream's command line.
 
 The order of the start-up steps is upstream's: parse the flags (a bad one is a one-line error,
 exit status 1), ``-h``/``-V``, the root check, ``--cleanup-config``, the "no controller" exit,
@@ -12,11 +12,11 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from typing import Any
 
 from kube_router import config, log
-from kube_router.flags import BOOL, STRING, UINT16, FlagSpec, UsageError, parse_flags, render_usage
+from kube_router.flags import UsageError, render_usage
 from kube_router.version import version_line
 
 PROGRAM = "kube-router"
@@ -24,15 +24,9 @@ ALLOW_NONROOT_ENV = "KUBE_ROUTER_ALLOW_NONROOT"
 EXIT_OK = 0
 EXIT_FAILURE = 1
 LAB_COMMAND = "lab"
-LAB_APISERVER = "apiserver"
-LAB_DEFAULT_HOST = "127.0.0.1"
-LAB_DEFAULT_PORT = 6443
-
-LAB_FLAGS: tuple[FlagSpec, ...] = (
-    FlagSpec("help", BOOL, "false", "Print this usage text and exit.", shorthand="h"),
-    FlagSpec("host", STRING, LAB_DEFAULT_HOST, "Address the lab API server listens on."),
-    FlagSpec("port", UINT16, str(LAB_DEFAULT_PORT), "Port the lab API server listens on."),
-    FlagSpec("kubeconfig", STRING, "", "Write a kubeconfig for the lab API server to this path."),
+LAB_MOVED = (
+    '"lab" is no longer a kube-router command: the lab is its own package, kept out of the '
+    "product and its image. In a development tree run: python -m kube_router_lab apiserver"
 )
 
 logger = logging.getLogger(__name__)
@@ -50,28 +44,6 @@ def _run(coroutine: Coroutine[Any, Any, int | None]) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     return EXIT_OK if status is None else status
-
-
-def _lab(argv: Sequence[str]) -> int:
-    if not argv or argv[0] != LAB_APISERVER:
-        given = argv[0] if argv else ""
-        return _fail(f'unknown lab command "{given}" (the only one is "{LAB_APISERVER}")')
-    try:
-        parsed = parse_flags(LAB_FLAGS, argv[1:])
-        if parsed.args:
-            raise UsageError(f"unrecognized positional argument(s): [{' '.join(parsed.args)}]")
-    except UsageError as err:
-        return _fail(str(err))
-    values = parsed.values
-    if values["help"]:
-        sys.stdout.write(render_usage(LAB_FLAGS, f"{PROGRAM} {LAB_COMMAND} {LAB_APISERVER}"))
-        return EXIT_OK
-    apiserver = importlib.import_module("kube_router.lab.apiserver")  # only the lab needs it
-    log.setup(0)
-    kubeconfig = str(values["kubeconfig"]) or None
-    port = values["port"]
-    assert isinstance(port, int)
-    return _run(apiserver.serve(str(values["host"]), port, kubeconfig))
 
 
 def _app() -> Any:
@@ -97,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``kube-router`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == [LAB_COMMAND]:
-        return _lab(args[1:])
+        return _fail(LAB_MOVED)
     try:
         cfg = config.parse(args)
     except UsageError as err:

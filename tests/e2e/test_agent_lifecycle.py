@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import pytest_asyncio
 
-from kube_router.lab import underlay
-from kube_router.lab.cluster import Cluster, ClusterSpec
+from kube_router_lab import underlay
+from kube_router_lab.cluster import Cluster, ClusterSpec
 
 pytestmark = [
     pytest.mark.e2e,

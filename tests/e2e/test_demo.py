@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kube_router.lab import underlay
+from kube_router_lab import underlay
 
 pytestmark = [
     pytest.mark.e2e,
@@ -29,11 +29,11 @@ PODS_PER_NODE = 2
 
 
 class Demo:
-    """``python -m kube_router.lab.demo up`` with its output read by a thread."""
+    """``python -m kube_router_lab.demo up`` with its output read by a thread."""
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
         self.dir = tmp_path
-        argv = [sys.executable, "-m", "kube_router.lab.demo", "up", "--prefix", PREFIX]
+        argv = [sys.executable, "-m", "kube_router_lab.demo", "up", "--prefix", PREFIX]
         self.proc = subprocess.Popen(
             [*argv, "--dir", str(tmp_path), *args],
             stdout=subprocess.PIPE,
@@ -73,7 +73,7 @@ class Demo:
 
 
 def demo_down(tmp_path: Path) -> str:
-    argv = [sys.executable, "-m", "kube_router.lab.demo", "down", "--prefix", PREFIX]
+    argv = [sys.executable, "-m", "kube_router_lab.demo", "down", "--prefix", PREFIX]
     done = subprocess.run(
         [*argv, "--dir", str(tmp_path)], capture_output=True, text=True, check=True
     )

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import pytest_asyncio
 
-from kube_router.lab.cluster import Cluster, ClusterNode, ClusterSpec
+from kube_router_lab.cluster import Cluster, ClusterNode, ClusterSpec
 
 pytestmark = [
     pytest.mark.e2e,

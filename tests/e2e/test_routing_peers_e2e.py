@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import pytest_asyncio
 
-from kube_router.lab.bgprouter import ExternalRouter, RibPath
-from kube_router.lab.cluster import Cluster, ClusterNode, ClusterSpec
+from kube_router_lab.bgprouter import ExternalRouter, RibPath
+from kube_router_lab.cluster import Cluster, ClusterNode, ClusterSpec
 
 pytestmark = [
     pytest.mark.e2e,

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from kube_router.lab import cluster as lab_cluster
-from kube_router.lab import underlay
-from kube_router.lab.bgprouter import ExternalRouter, Neighbor
-from kube_router.lab.cluster import Cluster, ClusterSpec, CniPod
-from kube_router.lab.cnipods import CniConfTimeout, CniError
+from kube_router_lab import cluster as lab_cluster
+from kube_router_lab import underlay
+from kube_router_lab.bgprouter import ExternalRouter, Neighbor
+from kube_router_lab.cluster import Cluster, ClusterSpec, CniPod
+from kube_router_lab.cnipods import CniConfTimeout, CniError
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),

@@ -44,8 +44,8 @@ from netpol_cluster import (
 )
 
 from kube_router.controllers.netpol.names import pod_fw_chain
-from kube_router.lab.netns import ip
-from kube_router.lab.podnet import BRIDGE, LabPod
+from kube_router_lab.netns import ip
+from kube_router_lab.podnet import BRIDGE, LabPod
 
 
 @pytest.fixture
@@ -395,7 +395,7 @@ async def test_upstream_label_changes_policy_updates_and_deletes(cluster: Cluste
 
 def start_host_agent(pod: LabPod) -> None:
     """A pod agent in the node namespace itself: the process of a hostNetwork pod."""
-    agent = [sys.executable, "-m", "kube_router.lab.podagent", "--name", pod.key]
+    agent = [sys.executable, "-m", "kube_router_lab.podagent", "--name", pod.key]
     pod.proc = subprocess.Popen(
         ["ip", "netns", "exec", pod.netns, *agent, "--control", str(pod.control)],
         stdout=subprocess.DEVNULL,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kube_router.lab.podnet import PodNetwork
+from kube_router_lab.podnet import PodNetwork
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kube_router.k8s.client import KubeClient
-from kube_router.lab.apiserver import LabServer
+from kube_router_lab.apiserver import LabServer
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from kube_router.dataplane.routes_fake import FakeRouteKernel, FakeRoutes
 from kube_router.health import HealthChecker
 from kube_router.k8s.client import KubeClient
 from kube_router.k8s.informers import Informers
-from kube_router.lab.apiserver import LabServer
+from kube_router_lab.apiserver import LabServer
 from kube_router.metrics import Metrics
 from kube_router.node import LinkInfo, NodeIdentity
 

@@ -13,7 +13,7 @@ import pytest
 from kube_router import app, health
 from kube_router.config import Config, parse
 from kube_router.controllers.base import Controller, RunContext
-from kube_router.lab.apiserver import LabServer
+from kube_router_lab.apiserver import LabServer
 
 
 def _node(name: str = "n1", ip: str = "127.0.0.1") -> dict[str, Any]:

@@ -213,36 +213,14 @@ def test_interrupt_before_the_app_handles_signals_is_a_clean_stop(
     assert cli.main([]) == 0
 
 
-# --- the lab subcommand -----------------------------------------------------------------------
+# --- the lab moved out -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def lab_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, str | None]]:
-    calls: list[tuple[str, int, str | None]] = []
-    module = types.ModuleType("kube_router.lab.apiserver")
-
-    async def serve(host: str, port: int, kubeconfig: str | None) -> None:
-        calls.append((host, port, kubeconfig))
-
-    module.serve = serve  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "kube_router.lab.apiserver", module)
-    return calls
-
-
-def test_lab_apiserver_defaults(lab_calls: list[tuple[str, int, str | None]]) -> None:
-    assert cli.main(["lab", "apiserver"]) == 0
-    assert lab_calls == [("127.0.0.1", 6443, None)]
-
-
-def test_lab_apiserver_arguments(lab_calls: list[Any], capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["lab", "apiserver", "--port=8081", "--kubeconfig", "k", "--host=::1"]) == 0
-    assert lab_calls == [("::1", 8081, "k")]
-    assert cli.main(["lab", "apiserver", "-h"]) == 0
-    assert capsys.readouterr().out.startswith("Usage of kube-router lab apiserver:")
-    for argv in (["lab"], ["lab", "nope"], ["lab", "apiserver", "x"], ["lab", "apiserver", "--x"]):
-        assert cli.main(argv) == 1
-        assert _one_line(capsys.readouterr().err).startswith("kube-router: ")
-    assert len(lab_calls) == 1
+def test_the_lab_is_not_a_kube_router_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["lab", "apiserver"]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert err.startswith("kube-router: ")
+    assert "python -m kube_router_lab apiserver" in err
 
 
 # --- logging ----------------------------------------------------------------------------------

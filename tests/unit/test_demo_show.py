@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kube_router.lab import demo, demo_show
+from kube_router_lab import demo, demo_show
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from kube_router.k8s import models, resources
 from kube_router.k8s.client import KubeClient
 from kube_router.k8s.informer import FuncHandler, Informer
 from kube_router.k8s.informers import SERVICE_NAME_INDEX, Informers
-from kube_router.lab.apiserver import LabServer
+from kube_router_lab.apiserver import LabServer
 
 
 def pod(

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from kube_router.k8s.client import ApiError, ConfigError, KubeClient
-from kube_router.lab.apiserver import LabServer
+from kube_router_lab.apiserver import LabServer
 
 TOKEN = "s3cret-token"
 

@@ -1,4 +1,4 @@
-"""Running the lab API server standalone: `serve()` and `python -m kube_router.lab.apiserver`."""
+"""Running the lab API server standalone: `serve()` and `python -m kube_router_lab.apiserver`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 import yaml
 
-from kube_router.lab.apiserver import serve
+from kube_router_lab.apiserver import serve
 
 
 async def test_serve_writes_kubeconfig_and_stops(
@@ -40,7 +40,7 @@ async def test_module_entry_point_serves_until_sigterm(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "kube_router.lab.apiserver",
+        "kube_router_lab.apiserver",
         "--port",
         "0",
         "--kubeconfig",

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kube_router.lab import cnipods, underlay
-from kube_router.lab.bgprouter import (
+from kube_router_lab import cnipods, underlay
+from kube_router_lab.bgprouter import (
     BgpRouterError,
     Neighbor,
     RibPath,
@@ -21,7 +21,7 @@ from kube_router.lab.bgprouter import (
     parse_neighbors,
     parse_rib,
 )
-from kube_router.lab.cluster import Cluster, ClusterSpec
+from kube_router_lab.cluster import Cluster, ClusterSpec
 
 # `gobgp global rib -j` as gobgp 3.10 prints it: a learned path, and a local one with MED,
 # local preference, communities (one well-known) and a large community.

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kube_router.lab.apiserver import LabServer
+from kube_router_lab.apiserver import LabServer
 
 PODS = "/api/v1/namespaces/default/pods"
 SVCS = "/api/v1/namespaces/default/services"

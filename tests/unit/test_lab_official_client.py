@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from kube_router.lab.apiserver import LabServer
+from kube_router_lab.apiserver import LabServer
 
 T = TypeVar("T")
 

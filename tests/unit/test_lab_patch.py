@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kube_router.lab.patch import (
+from kube_router_lab.patch import (
     PatchError,
     apply_json_patch,
     apply_merge_patch,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kube_router.lab.selectors import (
+from kube_router_lab.selectors import (
     FieldRequirement,
     LabelRequirement,
     SelectorError,

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from kube_router.lab import errors
-from kube_router.lab.resources import resource_info
-from kube_router.lab.store import LabStore
+from kube_router_lab import errors
+from kube_router_lab.resources import resource_info
+from kube_router_lab.store import LabStore
 
 
 def pod(name: str, ns: str = "default", **labels: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kube_router.lab import junit, vm
+from kube_router_lab import junit, vm
 
 # Plays qemu plus the guest's stage 2: finds the job directory on the kernel command line, runs
 # cmd.sh with its output in the job directory, and writes uptime and rc as stage 2 does.

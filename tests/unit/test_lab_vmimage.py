@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kube_router.lab import vmimage
-from kube_router.lab.vmimage import ImageError, extract_vmlinux, module_load_order
+from kube_router_lab import vmimage
+from kube_router_lab.vmimage import ImageError, extract_vmlinux, module_load_order
 
 ELF = b"\x7fELF" + bytes(range(256)) * 64
 

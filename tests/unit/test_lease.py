@@ -10,7 +10,7 @@ import pytest
 from kube_router.k8s import resources
 from kube_router.k8s.client import ConflictError, KubeClient, NotFoundError
 from kube_router.k8s.lease import LeaderElectionConfig, LeaderElector, update_service_status
-from kube_router.lab.apiserver import LabServer
+from kube_router_lab.apiserver import LabServer
 
 
 def _cfg(identity: str) -> LeaderElectionConfig:

@@ -32,7 +32,7 @@ from routing_controller_rig import (
 from kube_router.bgp.model import DefinedType, PathSpec
 from kube_router.controllers.routing.controller import RoutingStartError
 from kube_router.k8s.client import KubeClient
-from kube_router.lab.apiserver import LabServer
+from kube_router_lab.apiserver import LabServer
 
 N2_IP, N2_CIDR = "192.168.50.2", "10.244.2.0/24"
 N3_IP, N3_CIDR = "192.168.50.3", "10.244.3.0/24"

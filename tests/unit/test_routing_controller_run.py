@@ -25,7 +25,7 @@ from kube_router.bgp.canon import BgpState
 from kube_router.bgp.model import PeerEvent, RouteEvent, SessionState
 from kube_router.dataplane.routes import tunnel_name
 from kube_router.k8s.client import KubeClient
-from kube_router.lab.apiserver import LabServer
+from kube_router_lab.apiserver import LabServer
 
 N2_IP, N2_CIDR = "192.168.50.2", "10.244.2.0/24"
 FAR_IP, FAR_CIDR = "192.168.60.4", "10.244.4.0/24"  # beyond a router: through a tunnel

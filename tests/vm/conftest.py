@@ -5,7 +5,7 @@ this host runs them:
 
 - root, and the host's kernel has (or loads) every module the selected tests ask for: here,
   directly;
-- otherwise: all of them in ONE qemu VM (``kube_router.lab.vm``) booting Debian's stock kernel.
+- otherwise: all of them in ONE qemu VM (``kube_router_lab.vm``) booting Debian's stock kernel.
   The guest runs pytest on the same test ids with ``--junitxml`` into the job directory, and each
   host item reports its guest test's outcome (a failure carries the guest's failure text), so a
   failure in the guest fails the host's run. When the VM cannot run here (no qemu, no kernel
@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from kube_router.lab import junit, vm
+from kube_router_lab import junit, vm
 
 TIER_DIR = Path(__file__).parent
 MODE_ENV = "KUBE_ROUTER_VM_MODE"

@@ -1,6 +1,6 @@
 """A one-node cluster for service proxy tests with real traffic (VM tier: IPVS, dummy, xt_ipvs).
 
-The lab pod network (`kube_router.lab.podnet`): the node namespace with kube-bridge and local
+The lab pod network (`kube_router_lab.podnet`): the node namespace with kube-bridge and local
 pods, and a "remote" node behind a routed link with its own pods. A lab API server feeds real
 informers; the real service proxy controller programs the node namespace (IPVS, kube-dummy-if,
 iptables, ipsets). Clients are pods: local ones reach cluster IPs, remote ones reach the node's
@@ -26,10 +26,10 @@ from kube_router.controllers.proxy.ports import ProxyDataplane
 from kube_router.health import HealthChecker
 from kube_router.k8s.client import KubeClient
 from kube_router.k8s.informers import Informers
-from kube_router.lab.apiserver import LabServer
-from kube_router.lab.errors import ApiError as LabApiError
-from kube_router.lab.netns import ip
-from kube_router.lab.podnet import LINK_NET, LabPod, PodNetwork
+from kube_router_lab.apiserver import LabServer
+from kube_router_lab.errors import ApiError as LabApiError
+from kube_router_lab.netns import ip
+from kube_router_lab.podnet import LINK_NET, LabPod, PodNetwork
 from kube_router.node import NodeIdentity
 
 NODE_IP, REMOTE_IP = (str(h) for h in LINK_NET.hosts())

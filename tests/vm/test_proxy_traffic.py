@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from proxy_cluster import NODE_IP, endpoint_slice, open_proxy_cluster, service
 
-from kube_router.lab.netns import ip
+from kube_router_lab.netns import ip
 
 MODULES = [
     "ip_vs",

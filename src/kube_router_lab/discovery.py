@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kube_router.lab.resources import RESOURCES, ResourceInfo, groups
+from kube_router_lab.resources import RESOURCES, ResourceInfo, groups
 
 __all__ = ["VERSION", "api_group", "api_group_list", "api_resource_list", "api_versions"]
 

@@ -46,13 +46,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from kube_router.lab import cnipods, underlay
-from kube_router.lab.apiserver import LabServer
-from kube_router.lab.bgprouter import ExternalRouter, Neighbor
-from kube_router.lab.cnipods import CniPod
-from kube_router.lab.errors import ApiError
-from kube_router.lab.netns import ip
-from kube_router.lab.underlay import Host, Underlay, UnderlaySpec
+from kube_router_lab import cnipods, underlay
+from kube_router_lab.apiserver import LabServer
+from kube_router_lab.bgprouter import ExternalRouter, Neighbor
+from kube_router_lab.cnipods import CniPod
+from kube_router_lab.errors import ApiError
+from kube_router_lab.netns import ip
+from kube_router_lab.underlay import Host, Underlay, UnderlaySpec
 
 log = logging.getLogger(__name__)
 

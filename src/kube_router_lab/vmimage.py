@@ -8,7 +8,7 @@ the host); this module then makes the two files qemu boots:
 - ``initramfs.cpio.gz``: static busybox, our stage-1 ``init`` and the modules that mount the
   host's filesystem (virtio, 9p, overlay), listed in dependency order for busybox ``insmod``.
 
-Usage: ``python -m kube_router.lab.vmimage build --kroot DIR --kver KVER --out DIR``.
+Usage: ``python -m kube_router_lab.vmimage build --kroot DIR --kver KVER --out DIR``.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def build(kroot: Path, kver: str, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kube_router.lab.vmimage")
+    parser = argparse.ArgumentParser(prog="python -m kube_router_lab.vmimage")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="write vmlinux and initramfs.cpio.gz")
     b.add_argument("--kroot", type=Path, required=True, help="the unpacked kernel package")

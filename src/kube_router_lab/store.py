@@ -18,10 +18,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from kube_router.lab import errors
-from kube_router.lab.defaults import Defaulter
-from kube_router.lab.events import Entry, Event, Watcher
-from kube_router.lab.objects import (
+from kube_router_lab import errors
+from kube_router_lab.defaults import Defaulter
+from kube_router_lab.events import Entry, Event, Watcher
+from kube_router_lab.objects import (
     check_name,
     generate_name,
     namespace_of,
@@ -30,15 +30,15 @@ from kube_router.lab.objects import (
     now,
     spec_part,
 )
-from kube_router.lab.pagination import Page, Paginator
-from kube_router.lab.patch import (
+from kube_router_lab.pagination import Page, Paginator
+from kube_router_lab.patch import (
     PatchError,
     apply_json_patch,
     apply_merge_patch,
     apply_strategic_merge_patch,
 )
-from kube_router.lab.resources import RESOURCES, ResourceInfo, resource_info
-from kube_router.lab.selectors import (
+from kube_router_lab.resources import RESOURCES, ResourceInfo, resource_info
+from kube_router_lab.selectors import (
     Matcher,
     SelectorError,
     object_matcher,

@@ -18,8 +18,8 @@ from typing import Any
 
 import msgspec
 
-from kube_router.lab import errors
-from kube_router.lab.resources import ResourceInfo, resource_info
+from kube_router_lab import errors
+from kube_router_lab.resources import ResourceInfo, resource_info
 
 __all__ = ["Defaulter"]
 

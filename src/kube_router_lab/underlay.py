@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from kube_router.lab.netns import LabNetError, ip, list_netns
+from kube_router_lab.netns import LabNetError, ip, list_netns
 
 log = logging.getLogger(__name__)
 

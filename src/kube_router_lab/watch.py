@@ -16,11 +16,11 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from kube_router.lab import errors
-from kube_router.lab.events import Entry, Event, Watcher
-from kube_router.lab.resources import ResourceInfo
-from kube_router.lab.selectors import Matcher
-from kube_router.lab.store import LabStore
+from kube_router_lab import errors
+from kube_router_lab.events import Entry, Event, Watcher
+from kube_router_lab.resources import ResourceInfo
+from kube_router_lab.selectors import Matcher
+from kube_router_lab.store import LabStore
 
 __all__ = ["WatchRequest", "serve_watch"]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from kube_router.lab.resources import ResourceInfo
+from kube_router_lab.resources import ResourceInfo
 
 __all__ = [
     "ApiError",

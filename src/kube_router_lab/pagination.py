@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import msgspec
 
-from kube_router.lab import errors
-from kube_router.lab.events import Entry
+from kube_router_lab import errors
+from kube_router_lab.events import Entry
 
 __all__ = ["Page", "Paginator"]
 

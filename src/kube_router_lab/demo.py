@@ -1,7 +1,7 @@
 """``make demo``: a kube-router cluster on this machine, with no Kubernetes and no Docker.
 
-``python -m kube_router.lab.demo up [--nodes 3] [--pods-per-node 2] [--prefix krdemo]
-[--dir .demo] [--duration S]`` builds a :class:`~kube_router.lab.cluster.Cluster` (nodes in
+``python -m kube_router_lab.demo up [--nodes 3] [--pods-per-node 2] [--prefix krdemo]
+[--dir .demo] [--duration S]`` builds a :class:`~kube_router_lab.cluster.Cluster` (nodes in
 network namespaces on an underlay bridge, the lab API server, nothing in the host's own
 namespace), runs the real agent in every node (routing controller and network policy; the
 service proxy only when the kernel has IPVS), adds pods wired by the real CNI bridge plugin with
@@ -13,9 +13,9 @@ the Service, and then ``demo is up``. It stays up until Ctrl-C / SIGTERM (or ``-
 then tears everything down (:meth:`Cluster.down`) and prints ``demo: torn down``. Exit status 0
 after a clean run, 1 when the cluster did not converge (the logs stay in ``--dir``).
 
-``python -m kube_router.lab.demo down [--prefix krdemo] [--dir .demo]`` (``make demo-down``)
+``python -m kube_router_lab.demo down [--prefix krdemo] [--dir .demo]`` (``make demo-down``)
 asks a running demo to stop (its pid is in ``<dir>/demo.pid``) and removes whatever a crashed
-one left (:func:`kube_router.lab.cluster.down`).
+one left (:func:`kube_router_lab.cluster.down`).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kube_router.lab import cluster as lab_cluster
-from kube_router.lab import demo_show as show
-from kube_router.lab.bgprouter import BgpRouterError, gobgp_cli, parse_neighbors
-from kube_router.lab.cluster import Cluster, ClusterNode, ClusterSpec, CniPod
+from kube_router_lab import cluster as lab_cluster
+from kube_router_lab import demo_show as show
+from kube_router_lab.bgprouter import BgpRouterError, gobgp_cli, parse_neighbors
+from kube_router_lab.cluster import Cluster, ClusterNode, ClusterSpec, CniPod
 
 DEFAULT_PREFIX = "krdemo"
 DEFAULT_DIR = ".demo"
@@ -364,7 +364,7 @@ def _running_demo(pid_file: Path) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return pid if b"kube_router.lab.demo" in cmdline and pid != os.getpid() else None
+    return pid if b"kube_router_lab.demo" in cmdline and pid != os.getpid() else None
 
 
 def down(prefix: str, state_dir: Path) -> int:
@@ -384,7 +384,7 @@ def down(prefix: str, state_dir: Path) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kube_router.lab.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="kube_router_lab.demo", description=__doc__)
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="number of nodes")
     parser.add_argument("--pods-per-node", type=int, default=DEFAULT_PODS, help="pods on each node")

@@ -8,7 +8,7 @@ network configuration on stdin. For a ``.conflist`` every plugin gets the list's
 runs the list backwards. A host-local IPAM section gets ``dataDir`` set to the node's own
 directory so that nodes never share allocations.
 
-Each pod runs :mod:`kube_router.lab.podagent` in its namespace; :func:`ask` and :func:`reaches`
+Each pod runs :mod:`kube_router_lab.podagent` in its namespace; :func:`ask` and :func:`reaches`
 send it probe requests over its unix control socket.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kube_router.lab import podagent
+from kube_router_lab import podagent
 
 CNI_PATH = "/usr/lib/cni"
 CNI_TIMEOUT_S = 30.0
@@ -284,7 +284,7 @@ def result_ips(result: dict[str, Any]) -> tuple[str, ...]:
 def start_podagent(pod: CniPod, ports: Sequence[int] = DEFAULT_PORTS) -> None:
     """Start the probe agent in the pod's namespace (see :func:`wait_podagent`)."""
     argv = [
-        *("ip", "netns", "exec", pod.netns, sys.executable, "-m", "kube_router.lab.podagent"),
+        *("ip", "netns", "exec", pod.netns, sys.executable, "-m", "kube_router_lab.podagent"),
         *("--name", pod.key, "--control", str(pod.control), "--ports"),
         ",".join(str(p) for p in ports),
         *(["--ipv6"] if pod.ip6 else []),

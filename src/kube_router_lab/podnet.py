@@ -3,7 +3,7 @@
 The node namespace is where the agent under test programs iptables. Local pods hang off its
 ``kube-bridge`` (bridged traffic passes the FORWARD chain through br_netfilter, as on a real
 node); pods of the "remote" node sit behind a second namespace reached through a routed link, so
-their traffic is forwarded, not bridged. Every pod runs ``kube_router.lab.podagent``.
+their traffic is forwarded, not bridged. Every pod runs ``kube_router_lab.podagent``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 
-from kube_router.lab import podagent
-from kube_router.lab.netns import ip
+from kube_router_lab import podagent
+from kube_router_lab.netns import ip
 
 BRIDGE = "kube-bridge"
 LINK_NET = ipaddress.IPv4Network("10.255.255.0/30")
@@ -176,7 +176,7 @@ class PodNetwork:
                     pod.netns,
                     sys.executable,
                     "-m",
-                    "kube_router.lab.podagent",
+                    "kube_router_lab.podagent",
                     "--name",
                     pod.key,
                     "--control",

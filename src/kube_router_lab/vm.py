@@ -7,7 +7,7 @@ root is the host's ``/`` shared read-only over virtio-9p with a tmpfs overlay, s
 host's tools and this project's virtualenv. A per-run job directory is shared read-write at the
 same absolute path: the command, its stdout, stderr and exit status travel through it.
 
-Usage: ``python -m kube_router.lab.vm run [--modprobe MOD ...] -- COMMAND [ARG ...]``. The guest's
+Usage: ``python -m kube_router_lab.vm run [--modprobe MOD ...] -- COMMAND [ARG ...]``. The guest's
 output is streamed while it runs; the exit status is the guest command's, or 125 when none came
 back (a hang, a panic, the timeout), with the tail of the console printed.
 """
@@ -350,7 +350,7 @@ def missing_host_modules(modules: Iterable[str]) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kube_router.lab.vm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kube_router_lab.vm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a command in a fresh VM and exit with its status")
     r.add_argument("--cache", type=Path, default=None, help=f"boot files (${CACHE_ENV} or .vm)")

@@ -24,7 +24,7 @@ Where it knowingly differs from the real server:
 * uids are UUID-shaped but counter-based; timestamps have second precision.
 * Authentication is an optional fixed bearer token; there is no authorization.
 
-Run standalone with `python -m kube_router.lab.apiserver --port 6443 --kubeconfig kc.yaml`.
+Run standalone with `python -m kube_router_lab.apiserver --port 6443 --kubeconfig kc.yaml`.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ import msgspec
 import yaml
 from aiohttp import web
 
-from kube_router.lab import discovery, errors
-from kube_router.lab.resources import ResourceInfo, lookup
-from kube_router.lab.store import PATCH_TYPES, LabStore
-from kube_router.lab.watch import WatchRequest, serve_watch
+from kube_router_lab import discovery, errors
+from kube_router_lab.resources import ResourceInfo, lookup
+from kube_router_lab.store import PATCH_TYPES, LabStore
+from kube_router_lab.watch import WatchRequest, serve_watch
 
 __all__ = ["LabServer", "LabStore", "main", "serve"]
 
@@ -484,7 +484,7 @@ async def serve(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m kube_router.lab.apiserver", description="in-memory Kubernetes API server"
+        prog="python -m kube_router_lab.apiserver", description="in-memory Kubernetes API server"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=6443, help="port to listen on (0: any)")

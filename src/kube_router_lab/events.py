@@ -11,9 +11,9 @@ from typing import Any
 
 import msgspec
 
-from kube_router.lab import errors
-from kube_router.lab.resources import ResourceInfo
-from kube_router.lab.selectors import field_value
+from kube_router_lab import errors
+from kube_router_lab.resources import ResourceInfo
+from kube_router_lab.selectors import field_value
 
 __all__ = ["Entry", "Event", "Watcher"]
 

@@ -11,8 +11,8 @@ from collections.abc import Container
 from datetime import UTC, datetime
 from typing import Any
 
-from kube_router.lab import errors
-from kube_router.lab.resources import ResourceInfo
+from kube_router_lab import errors
+from kube_router_lab.resources import ResourceInfo
 
 __all__ = [
     "check_name",
