@@ -15,7 +15,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from kube_router import config, log
+from kube_router import config, config_checks, log
 from kube_router.flags import UsageError, render_usage
 from kube_router.version import version_line
 
@@ -59,7 +59,7 @@ def _agent(cfg: config.Config) -> int:
         logger.info("Router, Firewall or Service proxy functionality must be specified. Exiting!")
         return EXIT_OK
     try:
-        cfg.validate()
+        config_checks.validate(cfg)
     except UsageError as err:
         return _fail(str(err))
     return _run(_app().run(cfg))

@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kube_router import config_checks
-from kube_router.config_checks import MAX_PORT
 from kube_router.flags import (
     BOOL,
     DURATION,
@@ -34,6 +32,8 @@ from kube_router.flags import (
     parse_flags,
 )
 from kube_router.goparse import IPAddress, go_quote, parse_int
+
+MAX_METRICS_PORT = 65535  # upstream serves metrics on 1..65534 only
 
 __all__ = ["FLAGS", "GROUPS", "Config", "ConfigError", "FlagError", "UsageError", "parse"]
 
@@ -319,20 +319,12 @@ class Config:
     @property
     def metrics_enabled(self) -> bool:
         """Upstream serves metrics only for a port in 1..65534; any other port turns them off."""
-        return 0 < self.metrics_port < MAX_PORT
+        return 0 < self.metrics_port < MAX_METRICS_PORT
 
     @property
     def any_controller(self) -> bool:
         """Whether routing, proxy or firewall runs (the LB allocator alone is not enough)."""
         return self.run_router or self.run_service_proxy or self.run_firewall
-
-    def peer_passwords(self) -> list[str]:
-        """Decoded peer passwords: ``--peer-router-passwords``, else the passwords file's."""
-        return config_checks.peer_passwords(self)
-
-    def validate(self) -> None:
-        """Run upstream's start-up checks; raise :class:`ConfigError` naming the flag."""
-        config_checks.validate(self)
 
 
 def _pod_namespace(env: Mapping[str, str]) -> str:

@@ -13,13 +13,10 @@ import binascii
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from kube_router.config import Config
 from kube_router.flags import SECOND, ConfigError, format_duration
 from kube_router.goparse import parse_cidr, parse_ip, parse_uint
-
-if TYPE_CHECKING:
-    from kube_router.config import Config
 
 MAX_PORT = 65535
 MIN_ENCAP_PORT = 1024  # the FoU port must not be a privileged port

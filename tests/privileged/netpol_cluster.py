@@ -29,10 +29,10 @@ from kube_router.dataplane.iptables import RealIPTables
 from kube_router.health import HealthChecker
 from kube_router.k8s.client import KubeClient
 from kube_router.k8s.informers import Informers
+from kube_router.node import NodeIdentity
 from kube_router_lab.apiserver import LabServer
 from kube_router_lab.errors import ApiError as LabApiError
 from kube_router_lab.podnet import LINK_NET, LINK_NET6, LabPod, PodNetwork
-from kube_router.node import NodeIdentity
 
 NODE_IP, REMOTE_IP = (str(h) for h in LINK_NET.hosts())
 NODE_IP6, REMOTE_IP6 = (str(h) for h in LINK_NET6.hosts())

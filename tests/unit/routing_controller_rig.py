@@ -37,9 +37,9 @@ from kube_router.dataplane.routes_fake import FakeRouteKernel, FakeRoutes
 from kube_router.health import HealthChecker
 from kube_router.k8s.client import KubeClient
 from kube_router.k8s.informers import Informers
-from kube_router_lab.apiserver import LabServer
 from kube_router.metrics import Metrics
 from kube_router.node import LinkInfo, NodeIdentity
+from kube_router_lab.apiserver import LabServer
 
 LOCAL = "n1"
 NODE_IP: Final = "192.168.50.1"

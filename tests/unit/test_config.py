@@ -12,6 +12,7 @@ import pytest
 
 from kube_router import config
 from kube_router.config import FLAGS, Config, ConfigError, FlagError, UsageError, parse
+from kube_router.config_checks import peer_passwords, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD_FILE = "{password_file}"
@@ -182,15 +183,15 @@ def test_flag(row: Row, password_file: Path) -> None:
     spec = SPECS[row.name]
     defaults = parse([], env={})
     assert getattr(defaults, spec.attr) == row.default
-    defaults.validate()
+    validate(defaults)
 
     good = parse(_argv(row.good, password_file), env={})
-    good.validate()
+    validate(good)
     expected = str(password_file) if row.value == PASSWORD_FILE else row.value
     assert getattr(good, spec.attr) == expected
 
     with pytest.raises(UsageError) as info:
-        parse(_argv(row.bad, password_file), env={}).validate()
+        validate(parse(_argv(row.bad, password_file), env={}))
     message = str(info.value)
     assert "\n" not in message
     assert f"--{row.name}" in message
@@ -217,7 +218,7 @@ def test_verbosity_may_be_negative_like_klog() -> None:
 
 def test_config_error_carries_flag_and_reason() -> None:
     with pytest.raises(ConfigError) as info:
-        parse(["--bgp-holdtime=2s"], env={}).validate()
+        validate(parse(["--bgp-holdtime=2s"], env={}))
     assert info.value.flag == "--bgp-holdtime"
     assert info.value.reason == "must be in the range 3s to 18h12m16s, got 2s"
     assert str(info.value) == f"{info.value.flag}: {info.value.reason}"
@@ -228,13 +229,13 @@ def test_config_error_carries_flag_and_reason() -> None:
 
 def _check(*argv: str) -> str:
     with pytest.raises(ConfigError) as info:
-        parse(list(argv), env={}).validate()
+        validate(parse(list(argv), env={}))
     return str(info.value)
 
 
 def _ok(*argv: str) -> Config:
     cfg = parse(list(argv), env={})
-    cfg.validate()
+    validate(cfg)
     return cfg
 
 
@@ -284,15 +285,15 @@ def test_peer_counts() -> None:
 
 def test_peer_passwords_are_decoded(tmp_path: Path) -> None:
     cfg = _ok(IP2, ASN2, "--peer-router-passwords=cGFzcw==,")
-    assert cfg.peer_passwords() == ["pass", ""]
+    assert peer_passwords(cfg) == ["pass", ""]
     path = tmp_path / "pw"
     path.write_text("Zmlyc3Q=,c2Vjb25k\r\n", encoding="utf-8")
     from_file = _ok(IP2, ASN2, f"--peer-router-passwords-file={path}")
-    assert from_file.peer_passwords() == ["first", "second"]
+    assert peer_passwords(from_file) == ["first", "second"]
     both = _ok(
         IP1, ASN1, "--peer-router-passwords=cGFzcw==", f"--peer-router-passwords-file={path}"
     )
-    assert both.peer_passwords() == ["pass"]
+    assert peer_passwords(both) == ["pass"]
     assert "password 1 is not a base64" in _check(IP1, ASN1, "--peer-router-passwords=cGFzcw")
     path.write_text("cGFzcw==,,x", encoding="utf-8")
     assert _check(IP1, ASN1, f"--peer-router-passwords-file={path}").startswith(

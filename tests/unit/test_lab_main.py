@@ -44,7 +44,9 @@ def test_lab_apiserver_arguments(lab_calls: list[Any], capsys: pytest.CaptureFix
     assert len(lab_calls) == 1
 
 
-def test_module_entry_point(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_module_entry_point(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(sys, "argv", ["kube_router_lab", "nope"])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_module("kube_router_lab", run_name="__main__")

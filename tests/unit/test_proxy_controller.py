@@ -29,9 +29,9 @@ from kube_router.dataplane.vips_fake import FakeNetns, FakeVipLinks
 from kube_router.health import HealthChecker
 from kube_router.k8s.client import KubeClient
 from kube_router.k8s.informers import Informers
-from kube_router_lab.apiserver import LabServer
 from kube_router.metrics import Metrics
 from kube_router.node import NodeIdentity
+from kube_router_lab.apiserver import LabServer
 
 NODE_IP = "192.168.50.1"
 VIP = "10.96.0.10"

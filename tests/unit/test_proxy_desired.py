@@ -8,11 +8,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from kube_router.controllers.proxy import options as opt
 from kube_router.controllers.proxy.desired import NodeAddresses, Settings, merge, plan_service
-from kube_router.controllers.proxy.endpoints import service_endpoints, slice_service
+from kube_router.controllers.proxy.endpoints import service_endpoints
+from kube_router.controllers.shared.services import Ranges
 from kube_router.dataplane import ipvs
 from kube_router.dataplane.ipvs import ServiceKey
+from kube_router.k8s.informers import slice_service
 from kube_router.k8s.models import EndpointSlice, Service
 
 NODE = "n1"
@@ -20,7 +21,7 @@ NODE_ADDRS = NodeAddresses(
     {"ipv4": "192.168.1.10", "ipv6": "fd00::10"},
     {"ipv4": ("192.168.1.10", "10.0.0.10"), "ipv6": ("fd00::10",)},
 )
-RANGES = opt.Ranges.parse(
+RANGES = Ranges.parse(
     True, ["10.96.0.0/12", "fd00:96::/108"], ["203.0.113.0/24"], ["198.51.100.0/24"]
 )
 BOTH = Settings(("ipv4", "ipv6"), ranges=RANGES)
@@ -236,9 +237,9 @@ def test_scheduler_affinity_and_bad_annotations(
             set(),
             0,
         ),
-        (opt.Ranges(strict=False), ["8.8.8.8"], [{"ip": "1.1.1.1"}], {"8.8.8.8", "1.1.1.1"}, 0),
+        (Ranges(strict=False), ["8.8.8.8"], [{"ip": "1.1.1.1"}], {"8.8.8.8", "1.1.1.1"}, 0),
         (
-            opt.Ranges(strict=True),
+            Ranges(strict=True),
             ["203.0.113.7"],
             [],
             set(),
@@ -247,7 +248,7 @@ def test_scheduler_affinity_and_bad_annotations(
     ],
 )
 def test_external_and_lb_ip_validation(
-    ranges: opt.Ranges,
+    ranges: Ranges,
     external: list[str],
     lb: list[dict[str, str]],
     programmed: set[str],

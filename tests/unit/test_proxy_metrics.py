@@ -15,7 +15,7 @@ from kube_router.controllers.proxy.desired import Kind, VirtualService
 from kube_router.dataplane import ipvs
 from kube_router.dataplane.ipvs import Service, ServiceKey, Stats, Transaction
 from kube_router.dataplane.ipvs_fake import FakeIPVS
-from kube_router.metrics import Metrics, MetricsServer
+from kube_router.metrics import Metrics, MetricsServer, go_float, write_family
 
 WEB = ServiceKey.of("10.96.0.10", "tcp", 80)
 WEB_V6 = ServiceKey.of("fd00::10", "tcp", 80)
@@ -248,7 +248,7 @@ async def test_sync_time_and_close(served: tuple[Metrics, str]) -> None:
     ],
 )
 def test_numbers_as_go_writes_them(value: float, text: str) -> None:
-    assert pm.go_float(value) == text
+    assert go_float(value) == text
 
 
 @pytest.mark.parametrize(
@@ -264,7 +264,7 @@ def test_split_owner(owner: str, expected: pm.Owner) -> None:
 
 
 def test_label_values_are_escaped() -> None:
-    text = pm.write_family("x", 'a "help"\\', "gauge", [({"l": 'q"b\\n\n'}, 1)])
+    text = write_family("x", 'a "help"\\', "gauge", [({"l": 'q"b\\n\n'}, 1)])
     assert text == (
         '# HELP kube_router_x a "help"\\\\\n# TYPE kube_router_x gauge\n'
         'kube_router_x{l="q\\"b\\\\n\\n"} 1\n'

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from routing_builders import make_node, make_service, make_settings, make_slice
 
 from kube_router.bgp.model import PathSpec
-from kube_router.controllers.proxy.options import Ranges
 from kube_router.controllers.routing.advertise import (
     VipTable,
     has_local_endpoint,
@@ -21,6 +20,7 @@ from kube_router.controllers.routing.advertise import (
     vip_paths,
 )
 from kube_router.controllers.routing.settings import RoutingSettings
+from kube_router.controllers.shared.services import Ranges
 
 RANGES = Ranges.parse(
     True, ["10.96.0.0/12", "fd00:96::/108"], ["203.0.113.0/24"], ["198.51.100.0/24"]

@@ -31,9 +31,9 @@ from kube_router.bgp.model import (
     PeerSpec,
     PolicyState,
 )
-from kube_router.controllers.proxy.options import Ranges
 from kube_router.controllers.routing import advertise, peers, policies
 from kube_router.controllers.routing.settings import RoutingSettings
+from kube_router.controllers.shared.services import Ranges
 from kube_router.k8s.models import Node, Service
 
 pytestmark = pytest.mark.skipif(shutil.which("gobgpd") is None, reason="gobgpd not installed")

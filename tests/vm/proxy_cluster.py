@@ -26,11 +26,11 @@ from kube_router.controllers.proxy.ports import ProxyDataplane
 from kube_router.health import HealthChecker
 from kube_router.k8s.client import KubeClient
 from kube_router.k8s.informers import Informers
+from kube_router.node import NodeIdentity
 from kube_router_lab.apiserver import LabServer
 from kube_router_lab.errors import ApiError as LabApiError
 from kube_router_lab.netns import ip
 from kube_router_lab.podnet import LINK_NET, LabPod, PodNetwork
-from kube_router.node import NodeIdentity
 
 NODE_IP, REMOTE_IP = (str(h) for h in LINK_NET.hosts())
 NODE = "n1"

@@ -15,7 +15,7 @@ Order, so that nothing is ever referenced before it exists or deleted while in u
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from kube_router.bgp import canon, codec
 from kube_router.bgp.api import gobgp_pb2 as api
@@ -29,8 +29,14 @@ from kube_router.bgp.model import (
     PolicyState,
 )
 
-if TYPE_CHECKING:
-    from kube_router.bgp.grpc_engine import GrpcEngine
+
+class Calls(Protocol):
+    """What policy reconciliation needs of the engine: its unary and streaming calls."""
+
+    async def call(self, request: str, method: str, message: Any) -> Any: ...
+
+    async def collect(self, request: str, method: str, message: Any) -> list[Any]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,7 @@ SetKey = tuple[DefinedType, str]
 
 
 class PolicySync:
-    def __init__(self, engine: GrpcEngine) -> None:
+    def __init__(self, engine: Calls) -> None:
         self._engine = engine
 
     # --- reading -----------------------------------------------------------------------------

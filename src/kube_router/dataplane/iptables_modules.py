@@ -7,16 +7,24 @@ order iptables-save prints them in.
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable
-from dataclasses import dataclass
+from kube_router.dataplane.iptables_values import (
+    U32_MAX,
+    Canon,
+    Ctx,
+    ModuleSpec,
+    Opt,
+    OptSpec,
+    Post,
+    RuleError,
+    limit_period,
+    limit_text,
+    parse_address,
+    parse_port,
+    parse_port_range,
+    parse_value_mask,
+)
 
-from kube_router.dataplane.iptables_parse import Family, IPTablesError
-
-U32_MAX = 0xFFFFFFFF
-PORT_MAX = 65535
 MULTIPORT_MAX = 15
-LIMIT_SCALE = 10000
 LIMIT_BURST_DEFAULT = 5
 LIMIT_BURST_MAX = 10000
 SETNAME_MAX = 31
@@ -28,80 +36,7 @@ LOG_LEVEL_DEFAULT = 4
 NFLOG_GROUP_MAX = 65535
 
 
-class RuleError(IPTablesError):
-    """A rule iptables-restore would reject (or the fake does not support)."""
-
-
-@dataclass(frozen=True)
-class Opt:
-    name: str  # without the leading ``--``
-    args: tuple[str, ...]
-    neg: bool = False
-
-
-@dataclass(frozen=True)
-class Ctx:
-    family: Family
-    table: str
-    set_family: Callable[[str], Family | None] | None = None
-
-
-Canon = Callable[[tuple[str, ...], Ctx], tuple[str, ...]]
-Post = Callable[[dict[str, Opt], Ctx, "tuple[bool, str] | None"], dict[str, Opt]]
-
-
-@dataclass(frozen=True)
-class OptSpec:
-    nargs: int = 1
-    negatable: bool = True
-    canon: Canon | None = None
-    quoted: bool = False
-
-
-@dataclass(frozen=True)
-class ModuleSpec:
-    options: dict[str, OptSpec]
-    post: Post | None = None
-    family: Family | None = None
-    protos: frozenset[str] | None = None  # required, non-negated -p
-    unique: bool = False  # refuse loading twice in one rule
-    tables: tuple[str, ...] | None = None  # targets only valid in these tables
-    required: tuple[str, ...] = ()
-
-    def finish(
-        self, name: str, opts: dict[str, Opt], ctx: Ctx, proto: tuple[bool, str] | None
-    ) -> tuple[Opt, ...]:
-        if self.protos is not None and (proto is None or proto[0] or proto[1] not in self.protos):
-            wanted = "' or `-p ".join(sorted(self.protos))
-            raise RuleError(f"{name} needs `-p {wanted}'")
-        for req in self.required:
-            if req not in opts:
-                raise RuleError(f"{name}: --{req} is required")
-        if self.post is not None:
-            opts = self.post(opts, ctx, proto)
-        return tuple(opts[o] for o in self.options if o in opts)
-
-
 # --------------------------------------------------------------------------- value parsers
-
-
-def parse_u32(text: str) -> int:
-    """An unsigned 32-bit number as strtoul(base 0) reads it."""
-    low = text.lower()
-    if low.startswith("0x"):
-        value = int(low[2:], 16)
-    elif len(low) > 1 and low.startswith("0"):
-        value = int(low[1:], 8)
-    else:
-        value = int(low, 10)
-    if not 0 <= value <= U32_MAX:
-        raise ValueError(f"{text} out of range")
-    return value
-
-
-def parse_value_mask(text: str) -> tuple[int, int | None]:
-    value, sep, mask = text.partition("/")
-    return parse_u32(value), parse_u32(mask) if sep else None
 
 
 def _mark(args: tuple[str, ...], _ctx: Ctx) -> tuple[str, ...]:
@@ -109,27 +44,6 @@ def _mark(args: tuple[str, ...], _ctx: Ctx) -> tuple[str, ...]:
     if mask is None or mask == U32_MAX:
         return (f"0x{value:x}",)
     return (f"0x{value:x}/0x{mask:x}",)
-
-
-def parse_port(text: str, proto: str = "tcp") -> int:
-    if text.isdigit():
-        port = int(text)
-        if port > PORT_MAX:
-            raise ValueError(f"port {text} out of range")
-        return port
-    try:
-        return socket.getservbyname(text, proto)
-    except OSError as err:
-        raise ValueError(f"unknown port name {text}") from err
-
-
-def parse_port_range(text: str) -> tuple[int, int]:
-    lo, sep, hi = text.partition(":")
-    first = parse_port(lo) if lo else 0
-    last = (parse_port(hi) if hi else PORT_MAX) if sep else first
-    if first > last:
-        raise ValueError(f"invalid portrange (min > max) {text}")
-    return first, last
 
 
 def _range_text(rng: tuple[int, int]) -> str:
@@ -196,39 +110,6 @@ def _match_set(args: tuple[str, ...], ctx: Ctx) -> tuple[str, ...]:
                 f"The protocol family of set {name} is {shown}, which is not applicable."
             )
     return args
-
-
-_LIMIT_UNITS = (("day", 86400), ("hour", 3600), ("min", 60), ("sec", 1))
-
-
-def limit_period(text: str) -> int:
-    """``N/unit`` as the limit match's internal period (in 1/10000 s per packet)."""
-    count, sep, unit = text.partition("/")
-    mult = 1
-    if sep:
-        full = {"s": "second", "m": "minute", "h": "hour", "d": "day"}.get(unit[:1].lower())
-        if full is None or not full.startswith(unit.lower()):
-            raise ValueError(f"bad rate {text!r}")
-        mult = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}[full]
-    if mult == _LIMIT_UNITS[0][1]:
-        raise ValueError("rates per day are refused by the fake (legacy and nft disagree)")
-    n = int(count)
-    period = LIMIT_SCALE * mult // n if n > 0 else 0
-    if period == 0:
-        raise ValueError("Rate too fast")
-    return period
-
-
-def limit_text(period: int) -> str:
-    """How iptables-save prints a limit period: the coarsest unit that still divides well."""
-    best = 0
-    for i in range(1, len(_LIMIT_UNITS)):
-        mult = _LIMIT_UNITS[i][1] * LIMIT_SCALE
-        if period > mult or mult // period < mult % period:
-            break
-        best = i
-    name, secs = _LIMIT_UNITS[best]
-    return f"{secs * LIMIT_SCALE // period}/{name}"
 
 
 def _limit(args: tuple[str, ...], _ctx: Ctx) -> tuple[str, ...]:
@@ -396,7 +277,6 @@ def _drop_defaults(**defaults: str) -> Post:
 
 
 def _addr_port(args: tuple[str, ...], ctx: Ctx) -> tuple[str, ...]:
-    from kube_router.dataplane.iptables_rule import parse_address  # noqa: PLC0415 (cycle)
 
     host, sep, port = args[0].rpartition(":") if ctx.family == "ipv4" else ("", "", "")
     if not sep:
@@ -435,7 +315,6 @@ def _vproto(args: tuple[str, ...], _ctx: Ctx) -> tuple[str, ...]:
 
 def _vaddr(args: tuple[str, ...], ctx: Ctx) -> tuple[str, ...]:
     """``ADDR[/LEN|/MASK]``: host bits are kept, a full mask is not printed."""
-    from kube_router.dataplane.iptables_rule import parse_address  # noqa: PLC0415 (cycle)
 
     host, _, _mask = args[0].partition("/")
     net = parse_address(args[0], ctx.family)

@@ -18,16 +18,19 @@ from kube_router.dataplane.iptables_modules import (
     MATCHES,
     PROTOCOLS,
     TARGETS,
-    Ctx,
-    ModuleSpec,
-    Opt,
-    RuleError,
 )
 from kube_router.dataplane.iptables_parse import Family, quote
+from kube_router.dataplane.iptables_values import (
+    Ctx,
+    ModuleSpec,
+    Network,
+    Opt,
+    RuleError,
+    parse_address,
+)
 
 IFNAMSIZ = 16
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 __all__ = ["CanonRule", "Match", "Opt", "RuleError", "parse_rule"]
 
@@ -166,39 +169,6 @@ def _protocol(value: str, neg: bool) -> str:
     if neg and proto == "all":
         raise RuleError("rule would never match protocol")
     return proto
-
-
-def parse_address(value: str, family: Family) -> Network:
-    """``ADDR[/LEN|/MASK]`` as iptables reads it, host bits cleared."""
-    if "," in value:
-        raise RuleError(f"several addresses in `{value}' (not supported by the fake)")
-    host, sep, mask = value.partition("/")
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError as err:
-        raise RuleError(f"host/network `{host}' not found") from err
-    if (addr.version == 4) != (family == "ipv4"):
-        raise RuleError(f"host/network `{host}' not found")
-    bits: int = addr.max_prefixlen
-    if not sep:
-        prefix: int = bits
-    elif mask.isdigit():
-        prefix = int(mask)
-        if prefix > bits:
-            raise RuleError(f"invalid mask `{mask}' specified")
-    else:
-        prefix = _dotted_mask(mask, family)
-    return ipaddress.ip_network((addr, prefix), strict=False)
-
-
-def _dotted_mask(mask: str, family: Family) -> int:
-    try:
-        net = ipaddress.ip_network(f"0.0.0.0/{mask}") if family == "ipv4" else None
-    except ValueError as err:
-        raise RuleError(f"invalid mask `{mask}' specified") from err
-    if net is None:
-        raise RuleError(f"invalid mask `{mask}' specified")
-    return net.prefixlen
 
 
 def _load_match(st: _State, name: str) -> _Loaded:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kube_router.dataplane.iptables_fake import FakeIPTables
-from kube_router.dataplane.iptables_modules import parse_value_mask
 from kube_router.dataplane.iptables_parse import Family, IPTablesError
 from kube_router.dataplane.iptables_rule import CanonRule, Match, Opt
+from kube_router.dataplane.iptables_values import parse_value_mask
 
 ADDRESS_CACHE_SIZE = 4096
 MAX_DEPTH = 64  # deeper than any ruleset we write; a loop would otherwise never end

@@ -16,10 +16,21 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SERVICE_NAME_INDEX = "service-name"
 
 
+def slice_service(es: models.EndpointSlice) -> str | None:
+    """``namespace/name`` of a slice's Service: label, then owner, then generateName (the one
+    reader of it: the index below, the proxy and the routing controller all use this)."""
+    meta = es.metadata
+    name = meta.labels.get(SERVICE_NAME_LABEL)
+    if not name:
+        owners = [o.name for o in meta.owner_references if o.kind == "Service"]
+        name = owners[0] if owners else meta.generate_name.rstrip("-")
+    return f"{meta.namespace}/{name}" if name else None
+
+
 def endpointslice_service(es: models.EndpointSlice) -> Iterable[str]:
     """Index EndpointSlices by ``<namespace>/<service name>`` (upstream's ``service-name``)."""
-    name = es.metadata.labels.get(SERVICE_NAME_LABEL)
-    return (f"{es.metadata.namespace}/{name}",) if name else ()
+    key = slice_service(es)
+    return (key,) if key else ()
 
 
 class CacheSyncTimeoutError(Exception):

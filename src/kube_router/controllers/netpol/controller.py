@@ -29,6 +29,7 @@ from kube_router.controllers.netpol.desired import (
 )
 from kube_router.controllers.netpol.names import IPV4, IPV6, Family
 from kube_router.controllers.netpol.pools import KernelSet, Pools
+from kube_router.controllers.shared.pod_cidrs import node_pod_cidrs
 from kube_router.controllers.sync import ChangeTracker, SyncRunner
 from kube_router.dataplane import ipset, iptables_parse
 from kube_router.dataplane.exec import Executor
@@ -39,8 +40,6 @@ from kube_router.k8s.models import Namespace, NetworkPolicy, Node, Pod, object_k
 log = logging.getLogger(__name__)
 
 MIN_SYNC_INTERVAL_S = 0.05
-POD_CIDRS_ANNOTATION = "kube-router.io/pod-cidrs"
-POD_CIDR_ANNOTATION = "kube-router.io/pod-cidr"
 
 
 @dataclass
@@ -58,20 +57,6 @@ class Dataplane:
             f: RealIPTables(executor, apply.family_names(f)[0], backend) for f in families
         }
         return cls(tables, ipset.RealIPSets(executor))
-
-
-def node_pod_cidrs(node: Node | None) -> list[str]:
-    """The node's pod CIDRs: the pod-cidrs annotation, else spec.podCIDRs, else podCIDR."""
-    if node is None:
-        return []
-    ann = node.metadata.annotations
-    if ann.get(POD_CIDRS_ANNOTATION):
-        return [c.strip() for c in ann[POD_CIDRS_ANNOTATION].split(",") if c.strip()]
-    if node.spec.pod_cidrs:
-        return list(node.spec.pod_cidrs)
-    if ann.get(POD_CIDR_ANNOTATION):
-        return [ann[POD_CIDR_ANNOTATION]]
-    return [node.spec.pod_cidr] if node.spec.pod_cidr else []
 
 
 _V = {IPV4: "v4", IPV6: "v6"}
@@ -203,7 +188,7 @@ class NetworkPolicyController(Controller):
             node_ips |= {
                 a.address for a in me.status.addresses if a.type in ("InternalIP", "ExternalIP")
             }
-        cidrs = node_pod_cidrs(me)
+        cidrs = list(node_pod_cidrs(me)[0])  # the routing controller reports bad entries
         self._check_default_deny(cidrs)
         return self.compiler.build(
             self.ctx.config,

@@ -24,19 +24,19 @@ from prometheus_client import Gauge
 
 from kube_router import health
 from kube_router.controllers.base import Controller, RunContext
-from kube_router.controllers.netpol.controller import node_pod_cidrs
 from kube_router.controllers.proxy import firewall, graceful
 from kube_router.controllers.proxy import metrics as proxy_metrics
 from kube_router.controllers.proxy.desired import NodeAddresses, ServicePlan, Settings
-from kube_router.controllers.proxy.endpoints import service_endpoints, slice_service
+from kube_router.controllers.proxy.endpoints import service_endpoints
 from kube_router.controllers.proxy.ipvs_sync import IPVSSync, SyncResult
-from kube_router.controllers.proxy.options import Ranges
 from kube_router.controllers.proxy.ports import ProxyDataplane
+from kube_router.controllers.shared.pod_cidrs import node_pod_cidrs
+from kube_router.controllers.shared.services import Ranges
 from kube_router.controllers.sync import Clock, RealClock, SyncRunner
 from kube_router.dataplane import ipvs
 from kube_router.dataplane.ipvs import Family
 from kube_router.k8s.informer import FuncHandler
-from kube_router.k8s.informers import SERVICE_NAME_INDEX
+from kube_router.k8s.informers import SERVICE_NAME_INDEX, slice_service
 from kube_router.k8s.models import EndpointSlice, Node, Service, object_key
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ class ServiceProxyController(Controller):
         )
 
     def _pod_cidrs(self) -> list[str]:
-        return node_pod_cidrs(self.ctx.informers.nodes.store.get(self.ctx.node.name))
+        return list(node_pod_cidrs(self.ctx.informers.nodes.store.get(self.ctx.node.name))[0])
 
     def _report(self, errors: Mapping[str, list[str]]) -> None:
         """Log each Service's problems once (until they change)."""

@@ -15,6 +15,8 @@ from typing import Final, Literal
 
 from kube_router.controllers.proxy import options as opt
 from kube_router.controllers.proxy.endpoints import EndpointInfo
+from kube_router.controllers.shared import services
+from kube_router.controllers.shared.services import Ranges
 from kube_router.dataplane import ipvs
 from kube_router.dataplane.ipvs import Dest, Family, Service, ServiceKey
 from kube_router.k8s.models import Service as K8sService
@@ -36,7 +38,7 @@ class NodeAddresses:
 class Settings:
     families: tuple[Family, ...] = ("ipv4",)
     nodeport_bindon_all_ip: bool = False
-    ranges: opt.Ranges = field(default_factory=opt.Ranges)
+    ranges: Ranges = field(default_factory=Ranges)
 
 
 @dataclass
@@ -121,7 +123,7 @@ class _Builder:
                 f"port {sp.name or sp.port}: unsupported protocol {sp.protocol!r}"
             )
             return
-        vips = opt.cluster_ips(self.svc)
+        vips = services.cluster_ips(self.svc)
         for ip in vips:
             self.add("cluster", ip, sp.port, sp, eps)
         if self.svc.spec.type in NODEPORT_TYPES and sp.node_port:
@@ -146,8 +148,8 @@ def plan_service(
     b.plan.local_endpoints = frozenset(e.address for e in local)
     b.plan.local_serving = len({e.address for e in local if not e.terminating})
     b.plan.health_check_port = svc.spec.health_check_node_port
-    external, errors = opt.external_ips(svc, settings.ranges)
-    lbs, lb_errors = opt.lb_ips(svc, b.opts, settings.ranges)
+    external, errors = services.external_ips(svc, settings.ranges)
+    lbs, lb_errors = services.lb_ips(svc, settings.ranges, b.opts.skip_lb_ips)
     b.plan.errors += errors + lb_errors
     externals: list[tuple[Kind, str]] = [("external", ip) for ip in external]
     externals += [("loadbalancer", ip) for ip in lbs if ip not in external]

@@ -29,16 +29,6 @@ class EndpointInfo:
     terminating: bool = False
 
 
-def slice_service(es: EndpointSlice) -> str | None:
-    """``namespace/name`` of a slice's Service: label, then owner, then generateName."""
-    meta = es.metadata
-    name = meta.labels.get(SERVICE_NAME_LABEL)
-    if not name:
-        owners = [o.name for o in meta.owner_references if o.kind == "Service"]
-        name = owners[0] if owners else meta.generate_name.rstrip("-")
-    return f"{meta.namespace}/{name}" if name else None
-
-
 def _usable(ready: bool | None, serving: bool | None) -> bool:
     is_ready = ready is not False
     return is_ready or (serving if serving is not None else is_ready)

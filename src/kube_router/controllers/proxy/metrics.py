@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Final, Literal, Protocol
 
 from prometheus_client import Histogram
@@ -33,13 +31,11 @@ from prometheus_client import Histogram
 from kube_router.controllers.proxy.desired import VirtualService
 from kube_router.dataplane import ipvs
 from kube_router.dataplane.ipvs import Service, ServiceKey, Stats
-from kube_router.metrics import NAMESPACE, Metrics
+from kube_router.metrics import NAMESPACE, Metrics, write_family
 
 log = logging.getLogger(__name__)
 
 SERVICE_LABELS: Final = ("svc_namespace", "service_name", "service_vip", "protocol", "port")
-GO_EXPONENT_FROM: Final = 6  # Go's shortest %g switches to an exponent from 1e+06 on
-GO_EXPONENT_BELOW: Final = -4  # ... and below 1e-04
 
 Owner = tuple[str, str]  # namespace, name
 OwnerMap = Mapping[ServiceKey, Owner]
@@ -98,52 +94,6 @@ def owners_of(
             continue
         out[key] = split_owner(vs.owner)
     return out
-
-
-def go_float(value: float) -> str:
-    """A sample value as Go's ``strconv.FormatFloat(v, 'g', -1, 64)`` writes it."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == 0:
-        return "0"
-    sign, digit_tuple, exponent = Decimal(repr(float(value))).normalize().as_tuple()
-    assert isinstance(exponent, int)  # finite
-    digits = "".join(map(str, digit_tuple))
-    point = len(digits) + exponent  # digits before the decimal point
-    minus = "-" if sign else ""
-    exp = point - 1
-    if exp < GO_EXPONENT_BELOW or exp >= GO_EXPONENT_FROM:
-        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-        return f"{minus}{mantissa}e{'+' if exp >= 0 else '-'}{abs(exp):02d}"
-    if point <= 0:
-        return f"{minus}0.{'0' * -point}{digits}"
-    if point >= len(digits):
-        return f"{minus}{digits}{'0' * (point - len(digits))}"
-    return f"{minus}{digits[:point]}.{digits[point:]}"
-
-
-def _escape(value: str, quotes: bool) -> str:
-    out = value.replace("\\", "\\\\").replace("\n", "\\n")
-    return out.replace('"', '\\"') if quotes else out
-
-
-def write_family(
-    name: str, help_text: str, kind: str, series: Sequence[tuple[Mapping[str, str], float]]
-) -> str:
-    """One family in the text format, as Go writes it (nothing for a family without series)."""
-    if not series:
-        return ""
-    full = f"{NAMESPACE}_{name}"
-    lines = [f"# HELP {full} {_escape(help_text, False)}", f"# TYPE {full} {kind}"]
-    rows = sorted(
-        (tuple(sorted(labels.items())), value) for labels, value in series
-    )  # Go sorts series by their label values
-    for pairs, value in rows:
-        text = ",".join(f'{k}="{_escape(v, True)}"' for k, v in pairs)
-        lines.append(f"{full}{{{text}}} {go_float(value)}" if text else f"{full} {go_float(value)}")
-    return "\n".join(lines) + "\n"
 
 
 def service_labels(key: ServiceKey, owner: Owner) -> dict[str, str]:

@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from kube_router.bgp.model import IPV4, IPV6, PathSpec
-from kube_router.controllers.proxy import options as proxy_options
-from kube_router.controllers.proxy.options import Ranges
 from kube_router.controllers.routing.settings import RoutingSettings
+from kube_router.controllers.shared import services
+from kube_router.controllers.shared.services import Ranges
 from kube_router.goparse import parse_bool, parse_ip
 from kube_router.k8s.models import EndpointSlice, Service
 
@@ -166,11 +166,11 @@ def service_vips(
     clusters = _canonical(_cluster_ips(service), errors)
     if clusters:
         sort(clusters, gate.allows(ADVERTISE_CLUSTER_IP, settings.advertise_cluster_ip, True))
-    externals, bad = proxy_options.external_ips(service, ranges)
+    externals, bad = services.external_ips(service, ranges)
     errors += bad
     if externals:
         sort(externals, gate.allows(ADVERTISE_EXTERNAL_IP, settings.advertise_external_ip, False))
-    lbs, bad = proxy_options.lb_ips(service, proxy_options.ServiceOptions(), ranges)
+    lbs, bad = services.lb_ips(service, ranges)
     errors += bad
     if lbs:
         allowed = SKIP_LB_IPS not in service.metadata.annotations and gate.allows(

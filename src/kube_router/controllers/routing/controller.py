@@ -29,11 +29,9 @@ from kube_router.bgp.engine import EngineError
 from kube_router.bgp.model import PeerEvent, PeerSpec, RouteEvent
 from kube_router.config_checks import peer_passwords
 from kube_router.controllers.base import Controller, RunContext
-from kube_router.controllers.proxy.endpoints import slice_service
-from kube_router.controllers.proxy.options import Ranges
 from kube_router.controllers.routing import advertise, node_setup, peers, policies
 from kube_router.controllers.routing import metrics as rmetrics
-from kube_router.controllers.routing.aws import Ec2Client, SourceDestCheck
+from kube_router.controllers.routing.aws import Ec2Client
 from kube_router.controllers.routing.injector import RouteInjector
 from kube_router.controllers.routing.ports import RoutingPorts
 from kube_router.controllers.routing.settings import (
@@ -43,10 +41,11 @@ from kube_router.controllers.routing.settings import (
     bfd_warning,
     build_settings,
 )
+from kube_router.controllers.shared.services import Ranges
 from kube_router.controllers.sync import Clock, RealClock, SyncRunner
 from kube_router.dataplane.ipvs import Family
 from kube_router.k8s.informer import FuncHandler
-from kube_router.k8s.informers import SERVICE_NAME_INDEX
+from kube_router.k8s.informers import SERVICE_NAME_INDEX, slice_service
 from kube_router.k8s.models import EndpointSlice, Node, Service, object_key
 from kube_router.node import NodeIdentityError, primary_ip
 
@@ -103,10 +102,14 @@ class RoutingController(Controller):
         self._external: list[str] = []  # addresses of the external peers
         self._advertised: frozenset[str] = frozenset()  # VIPs in the last sync
         self._lock = asyncio.Lock()
-        #: --disable-source-dest-check: the EC2 client (tests give a fake), the walker, its run.
+        #: --disable-source-dest-check: the EC2 client (tests give a fake); set before start.
         self.aws_client: Ec2Client | None = None
-        self.aws_check: SourceDestCheck | None = None
-        self.aws_task: asyncio.Task[None] | None = None
+        self.node_setup: node_setup.NodeSetup | None = None
+
+    @property
+    def aws_task(self) -> asyncio.Task[None] | None:
+        """The running EC2 source/destination check, if any."""
+        return self.node_setup.aws_task if self.node_setup is not None else None
 
     @property
     def sync_period(self) -> float:
@@ -142,9 +145,19 @@ class RoutingController(Controller):
             # Added before RoutingMetrics' own hook, so that one writes fresh counts.
             self.ctx.metrics.add_scrape_hook(self._refresh_metrics)
             self.metrics = rmetrics.RoutingMetrics(self.ctx.metrics, self.counters)
-        await node_setup.prepare_node(self)
+        hist = self.metrics.host_sync_time if self.metrics else None
+        self.node_setup = node_setup.NodeSetup(
+            self.ctx,
+            self.ports,
+            self.settings,
+            self.families,
+            env=self.env,
+            on_sync_time=hist.observe if hist else None,
+            aws_client=self.aws_client,
+        )
+        await self.node_setup.prepare()
         self.ctx.barriers.cni_firewall_setup.set()
-        self.injector = await node_setup.make_injector(self)
+        self.injector = await self.node_setup.make_injector()
         await self._start_bgp()
         # Upstream's route syncer heartbeats as its own component.
         self.ctx.health.register(health.ROUTE_SYNC, float(cfg.injected_routes_sync_period))
@@ -314,7 +327,8 @@ class RoutingController(Controller):
         if full or self._nodes_changed:
             self._nodes_changed = False
             with rmetrics.timed(self.metrics.routes_sync_time if self.metrics else None):
-                await node_setup.sync_node_firewall(self, nodes)
+                assert self.node_setup is not None
+                await self.node_setup.sync_firewall(nodes)
             await self._forget_gone_nodes(nodes)
         wanted = self._peers(nodes)
         with rmetrics.timed(self.metrics.peers_sync_time if self.metrics else None):

@@ -16,8 +16,7 @@ from typing import Final
 from prometheus_client import Gauge, Histogram
 
 from kube_router.bgp.model import PeerStatus
-from kube_router.controllers.proxy.metrics import write_family
-from kube_router.metrics import NAMESPACE, Metrics
+from kube_router.metrics import NAMESPACE, Metrics, write_family
 
 ROUTES_SYNC_TIME: Final = "controller_routes_sync_time"
 PEERS_SYNC_TIME: Final = "controller_bgp_internal_peers_sync_time"

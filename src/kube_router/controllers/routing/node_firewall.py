@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import logging
 import re
 from collections import Counter
@@ -52,6 +51,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from kube_router.controllers.shared.pod_cidrs import node_pod_cidrs
 from kube_router.dataplane import ipset
 from kube_router.dataplane import iptables_parse as ipt
 from kube_router.dataplane.ipset_entry import HASH_IP, HASH_NET
@@ -65,8 +65,6 @@ POD_SUBNETS_SET: Final = "kube-router-pod-subnets"
 NODE_IPS_SET: Final = "kube-router-node-ips"
 SET_TYPES: Final = {POD_SUBNETS_SET: HASH_NET, NODE_IPS_SET: HASH_IP}
 KUBE_BRIDGE: Final = "kube-bridge"
-POD_CIDR_ANNOTATION: Final = "kube-router.io/pod-cidr"
-POD_CIDRS_ANNOTATION: Final = "kube-router.io/pod-cidrs"
 FORWARD: Final = "FORWARD"
 POSTROUTING: Final = "POSTROUTING"
 FROM_PODS_COMMENT: Final = "allow outbound traffic from pods"
@@ -122,31 +120,6 @@ def set_spec(base: str, family: ipt.Family) -> ipset.SetSpec:
     return ipset.SetSpec(set_name(base, family), SET_TYPES[base], kind)
 
 
-def _valid_cidr(cidr: str, node: str, source: str) -> str | None:
-    try:
-        return str(ipaddress.ip_network(cidr.strip(), strict=False))
-    except ValueError:
-        log.warning("node %s: ignoring bad pod CIDR %r in %s", node, cidr, source)
-        return None
-
-
-def node_pod_cidrs(node: models.Node) -> list[str]:
-    """A node's pod CIDRs as the routing ipsets see them: the ``pod-cidr`` annotation, else the
-    ``pod-cidrs`` annotation (comma list, bad entries skipped), else ``spec.podCIDRs``."""
-    ann, name = node.metadata.annotations, node.metadata.name
-    single = ann.get(POD_CIDR_ANNOTATION, "")
-    if single:
-        cidr = _valid_cidr(single, name, POD_CIDR_ANNOTATION)
-        if cidr is not None:
-            return [cidr]
-    many = ann.get(POD_CIDRS_ANNOTATION, "")
-    if many:
-        found = (_valid_cidr(c, name, POD_CIDRS_ANNOTATION) for c in many.split(",") if c.strip())
-        return [c for c in found if c is not None]
-    found = (_valid_cidr(c, name, "spec.podCIDRs") for c in node.spec.pod_cidrs)
-    return [c for c in found if c is not None]
-
-
 @dataclass(frozen=True)
 class NodeFirewallSpec:
     """What the routing controller wants: per family, the members of its two sets, and the
@@ -184,7 +157,9 @@ def build_spec(
     subnets: dict[ipt.Family, set[str]] = {f: set() for f in families}
     ips: dict[ipt.Family, set[str]] = {f: set() for f in families}
     for node in nodes:
-        cidrs = node_pod_cidrs(node)
+        cidrs, problems = node_pod_cidrs(node)
+        for problem in problems:
+            log.warning("%s; ignored", problem)
         if not cidrs:
             log.warning(
                 "node %s: no pod CIDR found; it is not in %s", node.metadata.name, POD_SUBNETS_SET

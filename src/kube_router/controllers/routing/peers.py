@@ -12,7 +12,7 @@ Public API (all return :class:`PeerResult`: ``peers``, ``problems``, ``bfd_reque
 
 - :func:`external_peers` ``(config, settings, node, passwords)``: global peers if any, else node's
 - :func:`global_peers` ``(config, settings, passwords)``: ``passwords`` decoded, as
-  ``config.peer_passwords()`` returns them (that call reads the passwords file)
+  ``config_checks.peer_passwords(config)`` returns them (that call reads the passwords file)
 - :func:`node_peers` ``(node, settings)``: the ``kube-router.io/peers`` YAML or ``peer.*``
 - :func:`internal_peers` ``(nodes, settings)``: iBGP peers among ``nodes`` (all Nodes)
 - :func:`node_primary_ips` ``(nodes) -> list[str]``: every node's primary IP (iBGP peer sets)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Final
 from kube_router import node as node_info
 from kube_router.bgp.model import IPV4, IPV6, GlobalSpec, GracefulRestart
 from kube_router.controllers.routing.communities import COMMUNITIES_ANNOTATION, parse_communities
+from kube_router.controllers.shared.pod_cidrs import node_pod_cidrs
 from kube_router.goparse import parse_cidr, parse_ip, parse_uint
 from kube_router.k8s.models import Node
 
@@ -43,7 +44,6 @@ PREPEND_AS_ANNOTATION: Final = "kube-router.io/path-prepend.as"
 PREPEND_REPEAT_ANNOTATION: Final = "kube-router.io/path-prepend.repeat-n"
 CUSTOM_IMPORT_REJECT_ANNOTATION: Final = "kube-router.io/node.bgp.customimportreject"
 LOCAL_ADDRESSES_ANNOTATION: Final = "kube-router.io/bgp-local-addresses"
-POD_CIDRS_ANNOTATION: Final = "kube-router.io/pod-cidrs"
 
 DEFAULT_CLUSTER_ASN: Final = 64512
 ROUTER_ID_GENERATE: Final = "generate"
@@ -251,28 +251,9 @@ def custom_import_reject(text: str) -> tuple[tuple[str, ...], list[str]]:
 
 
 def local_pod_cidrs(node: Node) -> tuple[tuple[str, ...], list[str]]:
-    """The pod CIDRs this node advertises: the pod-cidrs annotation, else spec.podCIDRs/podCIDR.
-
-    Upstream's order for the local node (``GetPodCIDRsFromNodeSpecDualStack``); a bad entry is
-    a message and is skipped (upstream fails).
-    """
-    text = node.metadata.annotations.get(POD_CIDRS_ANNOTATION)
-    if text is None:
-        spec = node.spec
-        entries = list(spec.pod_cidrs) or ([spec.pod_cidr] if spec.pod_cidr else [])
-    else:
-        entries = text.split(",")
-    good: dict[str, None] = {}
-    errors: list[str] = []
-    for raw in entries:
-        entry = raw.strip()
-        if not entry:
-            continue
-        try:
-            good[str(parse_cidr(entry))] = None
-        except ValueError as err:
-            errors.append(f"pod CIDR: {err}; skipped")
-    return tuple(good), errors
+    """The pod CIDRs this node advertises (``shared.pod_cidrs``' one order); a bad entry is a
+    message and is skipped (upstream fails)."""
+    return node_pod_cidrs(node)
 
 
 def _listen_addresses(
