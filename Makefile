@@ -8,7 +8,7 @@ MD_FILES := README.md docs
 
 .DEFAULT_GOAL := help
 
-.PHONY: help setup setup-vm test test-unit test-netpol-fuzz lint fmt fmt-check bench demo demo-down container clean
+.PHONY: help setup setup-vm test test-unit test-netpol-fuzz lint arch-diagram fmt fmt-check bench demo demo-down container clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -31,10 +31,14 @@ test-netpol-fuzz: setup ## NetworkPolicy against the oracle: EXAMPLES random wor
 	NETPOL_DIFF_EXAMPLES=$(EXAMPLES) $(PY) -m pytest tests/unit/test_netpol_oracle_diff.py -q -p no:cacheprovider
 	NETPOL_FUZZ_SEEDS=$(SEEDS) $(PY) -m pytest tests/privileged/test_netpol_oracle_packets.py -q -p no:cacheprovider
 
-lint: setup ## ruff, mypy --strict on src/, markdownlint on README and docs
-	$(VENV)/bin/ruff check src tests bench
+lint: setup ## ruff, mypy --strict on src/, the import layers (scripts/layers.py), markdownlint
+	$(VENV)/bin/ruff check src tests bench scripts
 	$(VENV)/bin/mypy src
+	$(PY) scripts/layers.py check
 	$(MDLINT) $(MD_FILES)
+
+arch-diagram: setup ## regenerate the package diagram in docs/architecture.md from the imports
+	$(PY) scripts/layers.py doc
 
 fmt: setup ## format the code with ruff
 	$(VENV)/bin/ruff format src tests bench

@@ -3,19 +3,21 @@
 Every import counts: module level, inside ``if TYPE_CHECKING:``, and inside functions. Rules:
 
 1. no import cycle between modules;
-2. layers: ``__main__``/``cli``/``app`` -> ``controllers`` -> ``dataplane``, ``bgp``, ``k8s`` (and the
-   node-level services ``health``, ``metrics``, ``httpserver``, ``node``) -> the base (``config``,
-   ``flags``, ``net``, ``log``, ...; ``dataplane.exec`` is the bottom of the kernel side). A
-   module imports only its own layer or lower;
+2. layers: ``__main__``/``cli``/``app`` -> ``controllers`` -> ``dataplane``, ``bgp``, ``k8s``
+   (and the node-level services ``health``, ``metrics``, ``httpserver``, ``node``) -> the base
+   (``config``, ``flags``, ``log``, ...; ``dataplane.exec`` is the bottom of the kernel side).
+   A module imports only its own layer or lower;
 3. ``dataplane``, ``bgp`` and ``k8s`` do not import each other (``dataplane.exec`` aside);
 4. controllers never import each other (``controllers.base``, ``controllers.sync`` and
    ``controllers.shared`` are for all of them);
 5. a controller's ``compile`` module (or package) imports no I/O, directly or through the
    project modules it imports;
-6. the product never imports the lab (``kube_router_lab``), not even by name in a string.
+6. the product never imports the lab (``kube_router_lab``), not even through ``importlib``.
 
-Usage: ``python scripts/layers.py check`` (exit 1 listing every violation) or
-``python scripts/layers.py diagram`` (a Mermaid graph of the packages, for docs/architecture.md).
+Usage: ``python scripts/layers.py check`` (exit 1 listing every violation, or when the diagram in
+docs/architecture.md is not the code's), ``python scripts/layers.py diagram`` (print the Mermaid
+graph of the packages) or ``python scripts/layers.py doc`` (write it into docs/architecture.md,
+between the ``layers:begin`` and ``layers:end`` comments; ``make arch-diagram``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ IO_MODULES = frozenset(
     }
 )
 GENERATED = "kube_router.bgp.api"  # gobgpd's stubs, generated at set-up
+DOC = ROOT / "docs" / "architecture.md"
+BEGIN, END = "<!-- layers:begin -->", "<!-- layers:end -->"
 
 
 def module_name(path: Path) -> str:
@@ -91,7 +95,7 @@ def imports_of(modules: dict[str, Path]) -> tuple[dict[str, set[str]], dict[str,
         for name in _imported(tree, module, path.name == "__init__.py"):
             if name == TOP or name.startswith(TOP + "."):
                 target = _resolve(name, modules)
-                if target and target != module and not target.startswith(GENERATED):
+                if target not in ("", TOP, module) and not target.startswith(GENERATED):
                     inside[module].add(target)
             else:
                 outside[module].add(name.split(".")[0])
@@ -193,8 +197,11 @@ def violations(modules: dict[str, Path]) -> list[str]:
                 for bad in sorted(outside.get(dep, set()) & IO_MODULES):
                     via = "" if dep == module else f" through {dep}"
                     out.append(f"{module}: a compile module reaches I/O ({bad}{via})")
-        if LAB in modules[module].read_text():
-            out.append(f"{module}: the product names the lab ({LAB})")
+        if (
+            LAB in outside.get(module, set())
+            or f'import_module("{LAB}' in modules[module].read_text()
+        ):
+            out.append(f"{module}: the product imports the lab ({LAB})")
     return out
 
 
@@ -212,14 +219,15 @@ def _edge_problems(module: str, target: str) -> list[str]:
 
 
 def package_of(module: str) -> str:
+    """The diagram's box: a controller, a service package, the entry modules, or the base."""
     parts = module.split(".")[1:]
-    if not parts:
-        return TOP
-    if parts[0] == "controllers" and len(parts) > 1:
+    if parts and parts[0] == "controllers" and len(parts) > 1:
         return "controllers." + parts[1]
     if module == EXEC:
         return "dataplane.exec"
-    return parts[0]
+    if layer(module) == 0:
+        return "base"
+    return parts[0] if parts else TOP
 
 
 def diagram(modules: dict[str, Path]) -> str:
@@ -230,25 +238,43 @@ def diagram(modules: dict[str, Path]) -> str:
             a, b = package_of(module), package_of(target)
             if a != b:
                 edges.add((a, b))
+    boxes = sorted({box for edge in edges for box in edge})
     lines = ["```mermaid", "graph TD"]
-    lines += [f"    {_node(a)} --> {_node(b)}" for a, b in sorted(edges)]
+    lines += [f'    {_id(box)}["{box}"]' for box in boxes]
+    lines += [f"    {_id(a)} --> {_id(b)}" for a, b in sorted(edges)]
     lines.append("```")
     return "\n".join(lines) + "\n"
 
 
-def _node(package: str) -> str:
-    return f'{package.replace(".", "_")}["{package}"]'
+def _id(box: str) -> str:
+    return box.replace(".", "_").strip("_")
+
+
+def doc_with(text: str, graph: str) -> str:
+    """``text`` with the block between the markers replaced by ``graph``."""
+    head, begin, rest = text.partition(BEGIN)
+    _, end, tail = rest.partition(END)
+    if not begin or not end:
+        raise ValueError(f"{DOC}: no {BEGIN} ... {END} block")
+    return f"{head}{BEGIN}\n{graph}{END}{tail}"
 
 
 def main(argv: list[str]) -> int:
     modules = product_modules()
-    if argv[1:] == ["diagram"]:
+    command = argv[1:]
+    if command == ["diagram"]:
         sys.stdout.write(diagram(modules))
         return 0
-    if argv[1:] != ["check"]:
-        sys.stderr.write("usage: layers.py check|diagram\n")
+    if command == ["doc"]:
+        DOC.write_text(doc_with(DOC.read_text(), diagram(modules)))
+        return 0
+    if command != ["check"]:
+        sys.stderr.write("usage: layers.py check|diagram|doc\n")
         return 2
     problems = violations(modules)
+    text = DOC.read_text()
+    if doc_with(text, diagram(modules)) != text:
+        problems.append(f"{DOC.name}: the package diagram is stale (make arch-diagram)")
     for problem in problems:
         print(problem)
     print(f"layers: {len(modules)} modules, {len(problems)} violations")
