@@ -308,7 +308,7 @@ def plan_rewrite_all(desired: Any, kernel: Any) -> Any:
     list:sets of shared pools; so our sets are first made right as a full sync does, then each
     non-empty list:set is rebuilt as the hash:ip set upstream would have (under a shadow name,
     through a temporary set and swap as upstream does) and every other set is replaced."""
-    from kube_router.controllers.netpol import apply
+    from kube_router.controllers.netpol import plan as apply
     from kube_router.controllers.netpol.pieces import LIST_SET
     from kube_router.dataplane import ipset
     from kube_router.dataplane import iptables_parse as ipt
@@ -393,7 +393,8 @@ class Bench:
     async def build_controller(self, client: Any, informers: Any) -> None:
         from kube_router.config import parse
         from kube_router.controllers.base import Barriers, RunContext
-        from kube_router.controllers.netpol.controller import Dataplane, NetworkPolicyController
+        from kube_router.controllers.netpol.controller import NetworkPolicyController
+        from kube_router.controllers.netpol.ports import Dataplane
         from kube_router.dataplane.exec import Executor
         from kube_router.health import HealthChecker
         from kube_router.node import NodeIdentity
@@ -528,7 +529,7 @@ class Bench:
     async def rebuild_sync(self) -> float:
         """A full sync through upstream's plan: every set and chain rewritten. The shadow sets
         are destroyed afterwards (not timed), so that they do not slow what follows."""
-        from kube_router.controllers.netpol import apply
+        from kube_router.controllers.netpol import plan as apply
 
         ours = apply.plan_full
         apply.plan_full = plan_rewrite_all

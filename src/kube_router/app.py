@@ -20,12 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from kube_router import health, metrics
 from kube_router.controllers.base import Barriers, Controller, PendingController, RunContext
-from kube_router.controllers.netpol.controller import (
-    Dataplane,
-    NetworkPolicyController,
-)
+from kube_router.controllers.netpol.controller import NetworkPolicyController
 from kube_router.controllers.netpol.controller import cleanup as netpol_cleanup
 from kube_router.controllers.netpol.names import IPV4, IPV6
+from kube_router.controllers.netpol.ports import Dataplane
 from kube_router.controllers.proxy.controller import ServiceProxyController
 from kube_router.controllers.proxy.ports import ProxyDataplane
 from kube_router.controllers.proxy.ports import cleanup as proxy_cleanup

@@ -22,8 +22,9 @@ from typing import Any
 
 from kube_router.config import parse
 from kube_router.controllers.base import Barriers, RunContext
-from kube_router.controllers.netpol.controller import Dataplane, NetworkPolicyController
+from kube_router.controllers.netpol.controller import NetworkPolicyController
 from kube_router.controllers.netpol.names import IPV4, IPV6, Family
+from kube_router.controllers.netpol.ports import Dataplane
 from kube_router.dataplane.exec import Executor, Result
 from kube_router.dataplane.iptables import RealIPTables
 from kube_router.health import HealthChecker

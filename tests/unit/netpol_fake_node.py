@@ -17,7 +17,8 @@ import msgspec
 
 from kube_router.config import parse
 from kube_router.controllers.base import Barriers, RunContext
-from kube_router.controllers.netpol.controller import Dataplane, NetworkPolicyController
+from kube_router.controllers.netpol.controller import NetworkPolicyController
+from kube_router.controllers.netpol.ports import Dataplane
 from kube_router.dataplane.ipset_fake import FakeIPSets
 from kube_router.dataplane.iptables_fake import FakeIPTables
 from kube_router.dataplane.tracer import Packet, trace

@@ -262,7 +262,7 @@ async def test_health_port_in_use_exits_1(
 async def test_cleanup_removes_policy_state_through_the_ports(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from kube_router.controllers.netpol.controller import Dataplane
+    from kube_router.controllers.netpol.ports import Dataplane
     from kube_router.dataplane.ipset_fake import FakeIPSets
     from kube_router.dataplane.iptables_fake import FakeIPTables
 

@@ -7,15 +7,15 @@ import random
 
 import pytest
 
-from kube_router.controllers.netpol.apply import (
+from kube_router.controllers.netpol.compile import IPSetSpec
+from kube_router.controllers.netpol.desired import FamilyState
+from kube_router.controllers.netpol.names import IPV4
+from kube_router.controllers.netpol.plan import (
     PATCH_MIN_RULES,
     KernelView,
     plan_full,
     plan_incremental,
 )
-from kube_router.controllers.netpol.compile import IPSetSpec
-from kube_router.controllers.netpol.desired import FamilyState
-from kube_router.controllers.netpol.names import IPV4
 from kube_router.dataplane import ipset
 from kube_router.dataplane.ipset_fake import FakeIPSets
 from kube_router.dataplane.iptables_fake import FakeIPTables

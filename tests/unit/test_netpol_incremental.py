@@ -9,7 +9,6 @@ import msgspec
 import pytest
 
 from kube_router.config import parse
-from kube_router.controllers.netpol.apply import KernelView, plan_full, plan_incremental
 from kube_router.controllers.netpol.desired import (
     Changes,
     FamilyState,
@@ -17,6 +16,7 @@ from kube_router.controllers.netpol.desired import (
     build_desired,
 )
 from kube_router.controllers.netpol.names import IPV4
+from kube_router.controllers.netpol.plan import KernelView, plan_full, plan_incremental
 from kube_router.controllers.netpol.pools import Pools
 from kube_router.controllers.sync import ChangeTracker
 from kube_router.dataplane.ipset_fake import FakeIPSets

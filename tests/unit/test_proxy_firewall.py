@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from kube_router.controllers.netpol import apply as npc
+from kube_router.controllers.netpol import plan as npc
 from kube_router.controllers.netpol.desired import FamilyState
 from kube_router.controllers.proxy import firewall_plan as fwp
 from kube_router.controllers.proxy import firewall_rules as fwr

@@ -13,89 +13,33 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Histogram
 
 from kube_router import health
 from kube_router.controllers.base import Controller, RunContext
-from kube_router.controllers.netpol import apply
+from kube_router.controllers.netpol import plan as planner
 from kube_router.controllers.netpol.desired import (
     Changes,
     Desired,
     FamilyState,
     IncrementalCompiler,
 )
+from kube_router.controllers.netpol.metrics import NetpolMetrics
 from kube_router.controllers.netpol.names import IPV4, IPV6, Family
 from kube_router.controllers.netpol.pools import KernelSet, Pools
+from kube_router.controllers.netpol.ports import Dataplane
 from kube_router.controllers.shared.pod_cidrs import node_pod_cidrs
 from kube_router.controllers.sync import ChangeTracker, SyncRunner
-from kube_router.dataplane import ipset, iptables_parse
+from kube_router.dataplane import iptables_parse
 from kube_router.dataplane.exec import Executor
-from kube_router.dataplane.iptables import IPTables, RealIPTables, detect_backend
 from kube_router.k8s.informer import FuncHandler
 from kube_router.k8s.models import Namespace, NetworkPolicy, Node, Pod, object_key
 
 log = logging.getLogger(__name__)
 
 MIN_SYNC_INTERVAL_S = 0.05
-
-
-@dataclass
-class Dataplane:
-    """The kernel ports the controller drives: iptables per family and ipset."""
-
-    iptables: dict[Family, IPTables]
-    ipsets: ipset.RealIPSets | Any
-
-    @classmethod
-    async def real(cls, executor: Executor, families: Sequence[Family]) -> Dataplane:
-        backend = await detect_backend(executor)
-        log.info("iptables backend: %s", backend)
-        tables: dict[Family, IPTables] = {
-            f: RealIPTables(executor, apply.family_names(f)[0], backend) for f in families
-        }
-        return cls(tables, ipset.RealIPSets(executor))
-
-
-_V = {IPV4: "v4", IPV6: "v6"}
-
-
-class _Metrics:
-    """Upstream's NPC metrics (per-family ones only for enabled families), plus compile errors."""
-
-    def __init__(self, registry: Any, families: Sequence[Family]) -> None:
-        def hist(name: str, doc: str) -> Histogram:
-            return Histogram(name, doc, namespace="kube_router", registry=registry)
-
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, namespace="kube_router", registry=registry)
-
-        self.sync_time = hist("controller_iptables_sync_time", "Time to sync network policy")
-        self.compile_time = hist(
-            "controller_policy_chains_sync_time", "Time to compile policy chains"
-        )
-        self.chains = gauge("controller_policy_chains", "Active policy chains")
-        self.ipsets = gauge("controller_policy_ipsets", "Active policy ipsets")
-        self.errors = gauge(
-            "controller_policy_compile_errors",
-            "NetworkPolicies that cannot be compiled (their pods fail closed)",
-        )
-        self.save = {
-            f: hist(f"controller_iptables_{_V[f]}_save_time", f"iptables-save time ({_V[f]})")
-            for f in families
-        }
-        self.restore = {
-            f: hist(f"controller_iptables_{_V[f]}_restore_time", f"iptables-restore time ({_V[f]})")
-            for f in families
-        }
-        self.ipset_restore = {
-            f: hist(
-                f"controller_policy_ipset_{_V[f]}_restore_time", f"ipset restore time ({_V[f]})"
-            )
-            for f in families
-        }
 
 
 @contextlib.contextmanager
@@ -127,7 +71,7 @@ class NetworkPolicyController(Controller):
         self._policies: ChangeTracker[str, NetworkPolicy] = ChangeTracker()
         self._reported: dict[str, str] = {}
         self._default_deny_idle = False
-        self._metrics: _Metrics | None = None
+        self._metrics: NetpolMetrics | None = None
 
     @property
     def sync_period(self) -> float:
@@ -142,7 +86,7 @@ class NetworkPolicyController(Controller):
         if self.dataplane is None:
             self.dataplane = await Dataplane.real(Executor(), self.families())
         if self.ctx.metrics is not None:
-            self._metrics = _Metrics(self.ctx.metrics.registry, self.families())
+            self._metrics = NetpolMetrics(self.ctx.metrics.registry, self.families())
         if self.ctx.config.use_nftables_for_netpol:
             log.warning("--use-nftables-for-netpol is not implemented yet; using iptables")
         inf = self.ctx.informers
@@ -248,16 +192,16 @@ class NetworkPolicyController(Controller):
             kernel = await read_kernel(self.dataplane, family, save_hist)
             pools.seed({n: KernelSet(s.spec.type, s.entries) for n, s in kernel.sets.items()})
             applied = FamilyState(state.chains, pools.realize(state.sets))
-            plan = apply.plan_full(applied, kernel)
+            plan = planner.plan_full(applied, kernel)
         else:
             applied = FamilyState(state.chains, pools.realize(state.sets))
-            plan = apply.plan_incremental(applied, last)
+            plan = planner.plan_incremental(applied, last)
         await self._run_plan(family, plan)
         if pools.garbage:
             self.runner.poke()  # the next sync destroys a few more emptied lists
         return applied
 
-    async def _run_plan(self, family: Family, plan: apply.Plan) -> None:
+    async def _run_plan(self, family: Family, plan: planner.Plan) -> None:
         assert self.dataplane is not None
         m = self._metrics
         if plan.rules_before is not None:
@@ -285,22 +229,22 @@ class NetworkPolicyController(Controller):
 
 async def read_kernel(
     dataplane: Dataplane, family: Family, save_hist: Histogram | None = None
-) -> apply.KernelView:
+) -> planner.KernelView:
     """Our view of one family in the kernel: the filter table and our policy sets."""
     with _timed(save_hist):
         saved = await dataplane.iptables[family].save("filter")
     table = iptables_parse.parse_save(saved).get("filter", iptables_parse.Table("filter", {}))
-    spelling = apply.family_names(family)[1]
-    sets = await dataplane.ipsets.save(apply.SET_PREFIXES)
+    spelling = planner.family_names(family)[1]
+    sets = await dataplane.ipsets.save(planner.SET_PREFIXES)
     ours = {n: s for n, s in sets.items() if s.spec.family == spelling}
-    return apply.KernelView(table, ours, apply.family_names(family)[0])
+    return planner.KernelView(table, ours, planner.family_names(family)[0])
 
 
 async def cleanup(dataplane: Dataplane) -> None:
     """Remove our jumps, chains and sets (``--cleanup-config``); nothing else is touched."""
     for family, tables in dataplane.iptables.items():
         kernel = await read_kernel(dataplane, family)
-        plan = apply.plan_cleanup(kernel.table, kernel.sets)
+        plan = planner.plan_cleanup(kernel.table, kernel.sets)
         if plan.rule_lines:
             await tables.restore(plan.rules)
         if plan.sets_after.lines:
