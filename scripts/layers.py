@@ -12,7 +12,8 @@ Every import counts: module level, inside ``if TYPE_CHECKING:``, and inside func
    ``controllers.shared`` are for all of them);
 5. a controller's ``compile`` module (or package) imports no I/O, directly or through the
    project modules it imports;
-6. the product never imports the lab (``kube_router_lab``), not even through ``importlib``.
+6. the product never imports the lab (``kube_router_lab``), not even through ``importlib``;
+7. no module of the product or the lab is over 500 lines, no function over 50.
 
 Usage: ``python scripts/layers.py check`` (exit 1 listing every violation, or when the diagram in
 docs/architecture.md is not the code's), ``python scripts/layers.py diagram`` (print the Mermaid
@@ -55,6 +56,9 @@ IO_MODULES = frozenset(
     }
 )
 GENERATED = "kube_router.bgp.api"  # gobgpd's stubs, generated at set-up
+MAX_FILE_LINES = 500
+MAX_FUNCTION_LINES = 50
+LAB_DIR = ROOT / "src" / LAB
 DOC = ROOT / "docs" / "architecture.md"
 BEGIN, END = "<!-- layers:begin -->", "<!-- layers:end -->"
 
@@ -218,6 +222,22 @@ def _edge_problems(module: str, target: str) -> list[str]:
     return problems
 
 
+def size_problems(paths: Iterable[Path]) -> list[str]:
+    """Files over MAX_FILE_LINES lines and functions over MAX_FUNCTION_LINES."""
+    out = []
+    for path in sorted(paths):
+        text = path.read_text()
+        lines = text.count("\n")
+        if lines > MAX_FILE_LINES:
+            out.append(f"{path.name}: {lines} lines (at most {MAX_FILE_LINES})")
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    out.append(f"{path.name}: {node.name} is {length} lines")
+    return out
+
+
 def package_of(module: str) -> str:
     """The diagram's box: a controller, a service package, the entry modules, or the base."""
     parts = module.split(".")[1:]
@@ -272,6 +292,7 @@ def main(argv: list[str]) -> int:
         sys.stderr.write("usage: layers.py check|diagram|doc\n")
         return 2
     problems = violations(modules)
+    problems += size_problems([*modules.values(), *LAB_DIR.rglob("*.py")])
     text = DOC.read_text()
     if doc_with(text, diagram(modules)) != text:
         problems.append(f"{DOC.name}: the package diagram is stale (make arch-diagram)")

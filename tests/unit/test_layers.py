@@ -92,3 +92,12 @@ def test_each_rule_is_caught(
         assert problems == []
     else:
         assert any(expected in p for p in problems), problems
+
+
+def test_long_files_and_functions_are_caught(tmp_path: Path) -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(60))
+    path = tmp_path / "big.py"
+    path.write_text(f"def f():\n{body}\n" + "#\n" * 450)
+    problems = layers.size_problems([path])
+    assert any("big.py: f is 61 lines" in p for p in problems), problems
+    assert any("lines (at most 500)" in p for p in problems), problems

@@ -59,19 +59,16 @@ from dataclasses import dataclass, field
 
 from kube_router.dataplane.ipset import (
     DEFAULT_HASHSIZE,
-    DEFAULT_LIST_SIZE,
     DEFAULT_MAXELEM,
     MAX_NAME_LEN,
     MIN_LIST_SIZE,
     OWNED_PREFIXES,
     IPSetRestoreError,
     SetNotFoundError,
-    SetSpec,
     SetState,
     Transaction,
     check_owned,
     destroy_transaction,
-    list_family,
     owned,
 )
 from kube_router.dataplane.ipset_entry import (
@@ -79,19 +76,16 @@ from kube_router.dataplane.ipset_entry import (
     HASH_IP_PORT,
     HASH_NET,
     HOST_BITS,
-    INET,
-    INET6,
     LIST_SET,
     SET_TYPES,
     EntryError,
     FakeUnsupportedError,
-    Key,
     ParsedElement,
-    format_key,
     name_too_long,
     parse_addr,
     parse_element,
 )
+from kube_router.dataplane.ipset_fake_set import FakeSet, value_family, value_key
 
 PAGE_SIZE = 4096  # libipset's message buffer: getpagesize()
 NLMSGERR_ROOM = 20  # libipset keeps room for the kernel's error reply
@@ -135,48 +129,6 @@ class _Fail(Exception):
     def __init__(self, line: int | None, reason: str, rc: int = 1) -> None:
         super().__init__(reason)
         self.line, self.reason, self.rc = line, reason, rc
-
-
-@dataclass
-class _Set:
-    type: str
-    family: str
-    maxelem: int
-    hashsize: int
-    timeout: int | None
-    members: dict[Key, bool] = field(default_factory=dict)  # key -> nomatch
-    cidrs: dict[int, int] = field(default_factory=dict)  # prefix length -> count (hash:net)
-    size: int = DEFAULT_LIST_SIZE  # list:set
-    names: list[str] = field(default_factory=list)  # list:set members, in order
-
-    def put(self, key: Key, nomatch: bool) -> None:
-        if key not in self.members:
-            self.cidrs[key[1]] = self.cidrs.get(key[1], 0) + 1
-        self.members[key] = nomatch
-
-    def remove(self, key: Key) -> None:
-        del self.members[key]
-        self.cidrs[key[1]] -= 1
-        if not self.cidrs[key[1]]:
-            del self.cidrs[key[1]]
-
-    def clear(self) -> None:
-        self.members.clear()
-        self.cidrs.clear()
-        self.names.clear()
-
-    def create_key(self) -> tuple[str, int, int, int | None]:
-        """What ``create -exist`` compares: type, maxelem (list:set: size) and extensions
-        (timeout), not family or hashsize."""
-        return self.type, self.maxelem, self.size, self.timeout
-
-    def state(self, name: str) -> SetState:
-        if self.type == LIST_SET:
-            spec = SetSpec(name, LIST_SET, list_family(name), timeout=self.timeout, size=self.size)
-            return SetState(spec, frozenset(self.names))
-        spec = SetSpec(name, self.type, self.family, self.maxelem, self.hashsize, self.timeout)
-        fmt = [format_key(self.type, self.family, k, nm) for k, nm in self.members.items()]
-        return SetState(spec, frozenset(fmt))
 
 
 @dataclass
@@ -284,7 +236,7 @@ class _Restore:
             if reason is not None:
                 raise _Fail(lineno, reason)
 
-    def _apply(self, target: _Set, cmd: str, element: ParsedElement, exist: bool) -> str | None:
+    def _apply(self, target: FakeSet, cmd: str, element: ParsedElement, exist: bool) -> str | None:
         if element.kernel_error:
             return element.kernel_error
         if element.timeout and target.timeout is None:
@@ -307,7 +259,7 @@ class _Restore:
                 target.put(key, element.nomatch)
         return None
 
-    def _apply_member(self, target: _Set, cmd: str, name: str, exist: bool) -> str | None:
+    def _apply_member(self, target: FakeSet, cmd: str, name: str, exist: bool) -> str | None:
         """One list:set element, in the kernel's order of checks (list_set_uadt)."""
         member = self.sets.get(name)
         if member is None:
@@ -328,13 +280,13 @@ class _Restore:
 
     # --- the other commands (each applied at once) -------------------------------------------
 
-    def _create_spec(self, lineno: int, tokens: list[str]) -> _Set:
+    def _create_spec(self, lineno: int, tokens: list[str]) -> FakeSet:
         set_type, opts = tokens[2], tokens[3:]
         if set_type not in SET_TYPES:
             if set_type in KNOWN_TYPES:
                 raise FakeUnsupportedError(f"line {lineno}: type {set_type} is not modelled")
             raise _Fail(lineno, f"Syntax error: typename '{set_type}' is unknown")
-        new = _Set(set_type, FAMILIES[0], DEFAULT_MAXELEM, DEFAULT_HASHSIZE, None)
+        new = FakeSet(set_type, FAMILIES[0], DEFAULT_MAXELEM, DEFAULT_HASHSIZE, None)
         allowed = LIST_CREATE_OPTIONS if set_type == LIST_SET else HASH_CREATE_OPTIONS
         for i in range(0, len(opts), 2):
             opt, value = opts[i], opts[i + 1] if i + 1 < len(opts) else None
@@ -409,7 +361,7 @@ class FakeIPSets:
     """
 
     def __init__(self, is_referenced: Callable[[str], bool] | None = None) -> None:
-        self.sets: dict[str, _Set] = {}
+        self.sets: dict[str, FakeSet] = {}
         self.is_referenced = is_referenced or _never
         self.refs: dict[str, int] = {}  # set name -> list:set memberships (by name, as swapped)
 
@@ -423,7 +375,7 @@ class FakeIPSets:
         if not self.refs[name]:
             del self.refs[name]
 
-    def release_members(self, target: _Set) -> None:
+    def release_members(self, target: FakeSet) -> None:
         """A list:set is flushed or destroyed: its members are no longer referenced by it."""
         for name in target.names:
             self.release(name)
@@ -479,7 +431,7 @@ class FakeIPSets:
         if len(parts) not in (1, dims) or any(p not in ("src", "dst") for p in parts):
             raise ValueError(f"bad direction {direction!r} for {target.type}")
         if target.type == HASH_IP_PORT:
-            key = _value_key(target, value)
+            key = value_key(target, value)
             return key in target.members
         addr = parse_addr(value, target.family)
         host = HOST_BITS[target.family]
@@ -498,20 +450,6 @@ class FakeIPSets:
         member = self.sets[name]
         dims = 2 if member.type == HASH_IP_PORT else 1
         fields = value.split(",")
-        if len(parts) < dims or len(fields) < dims or _value_family(fields[0]) != member.family:
+        if len(parts) < dims or len(fields) < dims or value_family(fields[0]) != member.family:
             return False
         return self.contains(name, ",".join(fields[:dims]), ",".join(parts[:dims]))
-
-
-def _value_family(addr: str) -> str:
-    return INET6 if ":" in addr else INET
-
-
-def _value_key(target: _Set, value: str) -> Key:
-    try:
-        parsed = parse_element(target.type, target.family, [value])
-    except EntryError as err:
-        raise ValueError(f"bad {target.type} value {value!r}: {err.reason}") from err
-    if len(parsed.keys) != 1:
-        raise ValueError(f"{value!r} is not a single {target.type} value")
-    return parsed.keys[0]

@@ -47,13 +47,19 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Final
 
 from kube_router.bgp.model import PeerEvent, RouteEvent, SessionState
-from kube_router.dataplane.ipvs import Family
+from kube_router.controllers.routing.injector_model import (
+    OVERLAY_FULL,
+    OVERLAY_SUBNET,
+    BatchResult,
+    Decision,
+    Event,
+    InjectorSettings,
+    NodeInfo,
+)
 from kube_router.dataplane.routes import (
-    DEFAULT_FOU_PORT,
     FOU_MODULES,
     MAIN_TABLE,
     OVERLAY_TABLE,
@@ -61,7 +67,6 @@ from kube_router.dataplane.routes import (
     Encap,
     Route,
     RouteError,
-    RouteFailure,
     RoutePort,
     RtTablesError,
     Rule,
@@ -73,59 +78,21 @@ from kube_router.dataplane.routes import (
     tunnel_name,
 )
 
+__all__ = [
+    "OVERLAY_FULL",
+    "OVERLAY_SUBNET",
+    "BatchResult",
+    "Decision",
+    "Event",
+    "InjectorSettings",
+    "NodeInfo",
+    "RouteInjector",
+    "tunnel_route",
+]
+
 log = logging.getLogger(__name__)
 
-OVERLAY_SUBNET: Final = "subnet"
-OVERLAY_FULL: Final = "full"
 OUR_TABLES: Final = frozenset({MAIN_TABLE, OVERLAY_TABLE})
-
-Event = RouteEvent | PeerEvent
-
-
-@dataclass(frozen=True)
-class InjectorSettings:
-    """The flags that shape injection (``--enable-overlay``, ``--overlay-type``,
-    ``--overlay-encap``, ``--overlay-encap-port``, ``--override-nexthop``)."""
-
-    enable_overlay: bool = True
-    overlay_type: str = OVERLAY_SUBNET
-    encap: Encap = Encap.IPIP
-    encap_port: int = DEFAULT_FOU_PORT
-    override_next_hop: bool = False
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """This node: its best IP per family, the subnets of its node interface(s) (CIDRs, the
-    "local node subnets" that decide between a route via the next hop and a tunnel), and its
-    pod CIDRs (for the table-77 rules)."""
-
-    ips: Mapping[Family, str]
-    subnets: tuple[str, ...] = ()
-    pod_cidrs: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Decision:
-    route: Route | None
-    tunnel: Tunnel | None = None
-    neighbor: str = ""
-
-
-@dataclass
-class BatchResult:
-    """What one batch or one syncer run did."""
-
-    replaced: int = 0
-    deleted: int = 0
-    tunnels_added: list[str] = field(default_factory=list)
-    tunnels_deleted: list[str] = field(default_factory=list)
-    failures: list[RouteFailure] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures and not self.errors
 
 
 @functools.lru_cache(maxsize=64)
