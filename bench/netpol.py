@@ -16,6 +16,8 @@ namespace (removed at the end). Reported:
   a plan that replaces every set and rewrites every chain (:func:`plan_rewrite_all`), and its
   ratio to the incremental sync.
 
+The garbage collector is tuned as the agent tunes it (``kube_router.app.tune_gc``).
+
 Usage: ``python bench/netpol.py [--scale 1.0] [--events 20] [--rebuild-events 3]
 [--profile pod|policy|full]``. Needs root (``ip netns``, iptables, ipset).
 """
@@ -587,6 +589,9 @@ def main() -> int:
         print("needs root (ip netns, iptables, ipset)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)
+    from kube_router.app import tune_gc
+
+    tune_gc()  # as the agent runs: its GC thresholds, not Python's defaults
     netns = make_netns()
     bench = Bench(args, netns)
     try:

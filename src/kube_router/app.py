@@ -32,6 +32,7 @@ from kube_router.controllers.routing.node_firewall import NodeFirewallError
 from kube_router.controllers.routing.ports import RoutingPorts
 from kube_router.dataplane.exec import CommandError, Executor
 from kube_router.dataplane.ipvs import Family
+from kube_router.dataplane.links import link_for_ip
 from kube_router.k8s.client import ApiError, ConfigError, KubeClient
 from kube_router.k8s.informers import CacheSyncTimeoutError, Informers
 from kube_router.node import NodeIdentityError, identify, node_name
@@ -217,7 +218,7 @@ class Agent:
         try:
             # pyroute2's synchronous API runs its own event loop: keep it off ours.
             ident = await asyncio.to_thread(
-                identify, node, self.config.enable_ipv4, self.config.enable_ipv6
+                identify, node, self.config.enable_ipv4, self.config.enable_ipv6, link_for_ip
             )
         except NodeIdentityError as err:
             raise StartupError(str(err)) from err

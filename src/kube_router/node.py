@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kube_router.k8s import models
@@ -74,20 +74,6 @@ class LinkInfo:
     mtu: int
 
 
-def link_for_ip(ip: IPAddress) -> LinkInfo:
-    """The local link holding ``ip`` (via netlink), with its MTU."""
-    from pyroute2 import IPRoute  # noqa: PLC0415  (netlink is only needed on a real node)
-
-    with IPRoute() as ipr:
-        for addr in ipr.get_addr():
-            if addr.get("IFA_ADDRESS") == str(ip):
-                link = ipr.get_links(addr["index"])[0]
-                return LinkInfo(
-                    str(link.get("IFLA_IFNAME")), int(addr["index"]), int(link.get("IFLA_MTU"))
-                )
-    raise NodeIdentityError(f"no local interface holds the node IP {ip}")
-
-
 @dataclass(frozen=True)
 class NodeIdentity:
     """What the controllers need to know about the node they run on."""
@@ -104,9 +90,13 @@ class NodeIdentity:
 
 
 def identify(
-    node: models.Node, enable_ipv4: bool, enable_ipv6: bool, with_link: bool = True
+    node: models.Node,
+    enable_ipv4: bool,
+    enable_ipv6: bool,
+    find_link: Callable[[IPAddress], LinkInfo] | None = None,
 ) -> NodeIdentity:
-    """Build the identity; each enabled family needs an address of that family (as upstream)."""
+    """Build the identity; each enabled family needs an address of that family (as upstream).
+    ``find_link`` looks up the interface holding the primary IP (``dataplane.links``)."""
     primary = primary_ip(node)
     v4, v6 = best_ip(node, 4), best_ip(node, 6)
     name = node.metadata.name
@@ -114,7 +104,7 @@ def identify(
         raise NodeIdentityError(f"--enable-ipv4 is set but node {name} has no IPv4 address")
     if enable_ipv6 and v6 is None:
         raise NodeIdentityError(f"--enable-ipv6 is set but node {name} has no IPv6 address")
-    link = link_for_ip(primary) if with_link else None
+    link = find_link(primary) if find_link is not None else None
     return NodeIdentity(
         name, primary, v4 if enable_ipv4 else None, v6 if enable_ipv6 else None, link
     )

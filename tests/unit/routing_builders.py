@@ -8,7 +8,7 @@ import msgspec
 
 from kube_router import node as node_info
 from kube_router.config import Config, parse
-from kube_router.controllers.routing.settings import RoutingSettings, build_settings
+from kube_router.controllers.routing.compile.settings import RoutingSettings, build_settings
 from kube_router.k8s.models import EndpointSlice, Node, Service
 
 
@@ -33,7 +33,7 @@ def make_config(*argv: str) -> Config:
 
 def make_settings(node: Node, *argv: str) -> RoutingSettings:
     config = make_config(*argv)
-    identity = node_info.identify(node, config.enable_ipv4, config.enable_ipv6, with_link=False)
+    identity = node_info.identify(node, config.enable_ipv4, config.enable_ipv6)
     return build_settings(config, identity, node)
 
 

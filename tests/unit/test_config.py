@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kube_router import config
+from kube_router import config, config_checks
 from kube_router.config import FLAGS, Config, ConfigError, FlagError, UsageError, parse
 from kube_router.config_checks import peer_passwords, validate
 
@@ -313,8 +313,8 @@ def test_graceful_restart_times_only_checked_when_enabled() -> None:
 
 
 def test_node_port_range() -> None:
-    assert config.config_checks.node_port_range("30000-32767") == (30000, 32767)
-    assert config.config_checks.node_port_range("1:2") == (1, 2)
+    assert config_checks.node_port_range("30000-32767") == (30000, 32767)
+    assert config_checks.node_port_range("1:2") == (1, 2)
     for bad in (
         "30000",
         "30000-",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import runpy
+import subprocess
 import sys
 from typing import Any
 
@@ -44,11 +44,12 @@ def test_lab_apiserver_arguments(lab_calls: list[Any], capsys: pytest.CaptureFix
     assert len(lab_calls) == 1
 
 
-def test_module_entry_point(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(sys, "argv", ["kube_router_lab", "nope"])
-    with pytest.raises(SystemExit) as exit_:
-        runpy.run_module("kube_router_lab", run_name="__main__")
-    assert exit_.value.code == 1
-    assert "unknown command" in capsys.readouterr().err
+def test_module_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kube_router_lab", "nope"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "unknown command" in result.stderr

@@ -67,6 +67,11 @@ BASE = {
             },
             "a compile module reaches I/O (subprocess through kube_router.controllers.a.helper)",
         ),
+        (
+            {"controllers/a/compile.py": "import socket\ns = socket.socket()\n"},
+            "a compile module reaches I/O (socket.socket)",
+        ),
+        ({"controllers/a/compile.py": "import socket\nTCP = socket.IPPROTO_TCP\n"}, None),
         ({"cli.py": 'import importlib\nimportlib.import_module("kube_router_lab.x")\n'}, "the lab"),
         ({"cli.py": "from kube_router_lab import demo\n"}, "the lab"),
         (

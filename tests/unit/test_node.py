@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 
 from kube_router import node
+from kube_router.dataplane.links import link_for_ip
 from kube_router.k8s import models
 
 
@@ -62,20 +63,20 @@ def test_enabled_families_need_addresses(v4: bool, v6: bool, error: str | None) 
     n = _node(("InternalIP", "10.0.0.1"))
     if error:
         with pytest.raises(node.NodeIdentityError, match=error):
-            node.identify(n, v4, v6, with_link=False)
+            node.identify(n, v4, v6)
     else:
-        ident = node.identify(n, v4, v6, with_link=False)
+        ident = node.identify(n, v4, v6)
         assert ident.ipv4 == ipaddress.ip_address("10.0.0.1") and ident.ipv6 is None
 
 
 def test_link_for_loopback() -> None:
-    link = node.link_for_ip(ipaddress.ip_address("127.0.0.1"))
+    link = link_for_ip(ipaddress.ip_address("127.0.0.1"))
     assert link.name == "lo" and link.mtu >= 1500
 
 
 def test_link_for_unknown_ip() -> None:
     with pytest.raises(node.NodeIdentityError, match="no local interface"):
-        node.link_for_ip(ipaddress.ip_address("192.0.2.77"))
+        link_for_ip(ipaddress.ip_address("192.0.2.77"))
 
 
 @pytest.mark.parametrize(

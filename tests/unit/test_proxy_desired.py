@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from kube_router.controllers.proxy.desired import NodeAddresses, Settings, merge, plan_service
+from kube_router.controllers.proxy.compile import NodeAddresses, Settings, merge, plan_service
 from kube_router.controllers.proxy.endpoints import service_endpoints
 from kube_router.controllers.shared.services import Ranges
 from kube_router.dataplane import ipvs

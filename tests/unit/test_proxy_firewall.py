@@ -21,7 +21,7 @@ from kube_router.controllers.netpol import plan as npc
 from kube_router.controllers.netpol.desired import FamilyState
 from kube_router.controllers.proxy import firewall_plan as fwp
 from kube_router.controllers.proxy import firewall_rules as fwr
-from kube_router.controllers.proxy.desired import ServicePlan, VirtualService
+from kube_router.controllers.proxy.compile import ServicePlan, VirtualService
 from kube_router.controllers.proxy.firewall import (
     FirewallError,
     FirewallSpec,

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from kube_router.controllers.proxy import graceful
-from kube_router.controllers.proxy.desired import VirtualService
+from kube_router.controllers.proxy.compile import VirtualService
 from kube_router.controllers.proxy.graceful import GracefulQueue, grace_period
 from kube_router.controllers.proxy.plan import plan_ipvs
 from kube_router.controllers.sync import FakeClock

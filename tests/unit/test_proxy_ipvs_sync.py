@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from kube_router.controllers.proxy.desired import NodeAddresses, Settings
+from kube_router.controllers.proxy.compile import NodeAddresses, Settings
 from kube_router.controllers.proxy.endpoints import EndpointInfo
 from kube_router.controllers.proxy.ipvs_sync import IPVSSync
 from kube_router.dataplane import ipvs

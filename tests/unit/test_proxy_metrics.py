@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kube_router.controllers.proxy import metrics as pm
-from kube_router.controllers.proxy.desired import Kind, VirtualService
+from kube_router.controllers.proxy.compile import Kind, VirtualService
 from kube_router.dataplane import ipvs
 from kube_router.dataplane.ipvs import Service, ServiceKey, Stats, Transaction
 from kube_router.dataplane.ipvs_fake import FakeIPVS

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from kube_router.controllers.proxy.desired import VirtualService
+from kube_router.controllers.proxy.compile import VirtualService
 from kube_router.controllers.proxy.plan import plan_ipvs
 from kube_router.dataplane import ipvs
 from kube_router.dataplane.ipvs import Dest, Service, ServiceKey

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from routing_builders import make_node, make_service, make_settings, make_slice
 
 from kube_router.bgp.model import PathSpec
-from kube_router.controllers.routing.advertise import (
+from kube_router.controllers.routing.compile.advertise import (
     VipTable,
     has_local_endpoint,
     originated_paths,
@@ -19,7 +19,7 @@ from kube_router.controllers.routing.advertise import (
     service_vips,
     vip_paths,
 )
-from kube_router.controllers.routing.settings import RoutingSettings
+from kube_router.controllers.routing.compile.settings import RoutingSettings
 from kube_router.controllers.shared.services import Ranges
 
 RANGES = Ranges.parse(

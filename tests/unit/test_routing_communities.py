@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kube_router.controllers.routing.communities import (
+from kube_router.controllers.routing.compile.communities import (
     WELL_KNOWN,
     CommunityError,
     community_value,

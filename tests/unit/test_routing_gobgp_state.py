@@ -31,8 +31,8 @@ from kube_router.bgp.model import (
     PeerSpec,
     PolicyState,
 )
-from kube_router.controllers.routing import advertise, peers, policies
-from kube_router.controllers.routing.settings import RoutingSettings
+from kube_router.controllers.routing.compile import advertise, peers, policies
+from kube_router.controllers.routing.compile.settings import RoutingSettings
 from kube_router.controllers.shared.services import Ranges
 from kube_router.k8s.models import Node, Service
 

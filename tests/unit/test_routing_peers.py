@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from routing_builders import make_config, make_node, make_settings
 
 from kube_router.bgp.model import IPV4, IPV6, GracefulRestart, PeerSpec
-from kube_router.controllers.routing import peers as bgp_peers
-from kube_router.controllers.routing.settings import RoutingSettings
+from kube_router.controllers.routing.compile import peers as bgp_peers
+from kube_router.controllers.routing.compile.settings import RoutingSettings
 from kube_router.k8s.models import Node
 
 FIXTURES = Path(__file__).parent.parent / "testdata" / "routing" / "node_peers.yaml"

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from routing_builders import make_node, make_settings
 
 from kube_router.bgp.model import Action, DefinedSetSpec, DefinedType, PolicyState, StatementSpec
-from kube_router.controllers.routing import policies
-from kube_router.controllers.routing.settings import RoutingSettings
+from kube_router.controllers.routing.compile import policies
+from kube_router.controllers.routing.compile.settings import RoutingSettings
 
 FIXTURES = Path(__file__).parent.parent / "testdata" / "routing" / "policies.yaml"
 CASES: list[dict[str, Any]] = yaml.safe_load(FIXTURES.read_text())

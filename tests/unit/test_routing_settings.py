@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from routing_builders import make_node, make_settings
 
 from kube_router.bgp.model import IPV4, IPV6, GlobalSpec, GracefulRestart
-from kube_router.controllers.routing.settings import (
+from kube_router.controllers.routing.compile.settings import (
     PathPrepend,
     SettingsError,
     bfd_warning,

@@ -26,7 +26,7 @@ from kube_router import health
 from kube_router.controllers.base import Controller, RunContext
 from kube_router.controllers.proxy import firewall, graceful
 from kube_router.controllers.proxy import metrics as proxy_metrics
-from kube_router.controllers.proxy.desired import NodeAddresses, ServicePlan, Settings
+from kube_router.controllers.proxy.compile import NodeAddresses, ServicePlan, Settings
 from kube_router.controllers.proxy.endpoints import service_endpoints
 from kube_router.controllers.proxy.ipvs_sync import IPVSSync, SyncResult
 from kube_router.controllers.proxy.ports import ProxyDataplane

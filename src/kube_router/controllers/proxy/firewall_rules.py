@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from kube_router.controllers.proxy.desired import ServicePlan
+from kube_router.controllers.proxy.compile import ServicePlan
 from kube_router.dataplane import ipset
 from kube_router.dataplane import iptables_parse as ipt
 from kube_router.dataplane.ipset_entry import HASH_IP, HASH_IP_PORT

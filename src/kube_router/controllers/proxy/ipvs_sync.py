@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from kube_router.controllers.proxy.desired import (
+from kube_router.controllers.proxy.compile import (
     NodeAddresses,
     ServicePlan,
     Settings,

@@ -28,7 +28,7 @@ from typing import Final, Literal, Protocol
 
 from prometheus_client import Histogram
 
-from kube_router.controllers.proxy.desired import VirtualService
+from kube_router.controllers.proxy.compile import VirtualService
 from kube_router.dataplane import ipvs
 from kube_router.dataplane.ipvs import Service, ServiceKey, Stats
 from kube_router.metrics import NAMESPACE, Metrics, write_family

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from kube_router.controllers.proxy.desired import VirtualService
+from kube_router.controllers.proxy.compile import VirtualService
 from kube_router.dataplane import ipvs
 from kube_router.dataplane.ipvs import Dest, Service, ServiceKey, Transaction
 

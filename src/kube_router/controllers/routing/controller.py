@@ -29,18 +29,19 @@ from kube_router.bgp.engine import EngineError
 from kube_router.bgp.model import PeerEvent, PeerSpec, RouteEvent
 from kube_router.config_checks import peer_passwords
 from kube_router.controllers.base import Controller, RunContext
-from kube_router.controllers.routing import advertise, node_setup, peers, policies
 from kube_router.controllers.routing import metrics as rmetrics
+from kube_router.controllers.routing import node_setup
 from kube_router.controllers.routing.aws import Ec2Client
-from kube_router.controllers.routing.injector import RouteInjector
-from kube_router.controllers.routing.ports import RoutingPorts
-from kube_router.controllers.routing.settings import (
+from kube_router.controllers.routing.compile import advertise, peers, policies
+from kube_router.controllers.routing.compile.settings import (
     Problem,
     RoutingSettings,
     SettingsError,
     bfd_warning,
     build_settings,
 )
+from kube_router.controllers.routing.injector import RouteInjector
+from kube_router.controllers.routing.ports import RoutingPorts
 from kube_router.controllers.shared.services import Ranges
 from kube_router.controllers.sync import Clock, RealClock, SyncRunner
 from kube_router.dataplane.ipvs import Family

@@ -16,10 +16,10 @@ from kube_router.controllers.base import RunContext
 from kube_router.controllers.routing.aws import Ec2Client, SourceDestCheck
 from kube_router.controllers.routing.bridge import BridgeSetupError, setup_kube_bridge
 from kube_router.controllers.routing.cni import CniConf, CniConfError, cni_conf_path
+from kube_router.controllers.routing.compile.settings import RoutingSettings
 from kube_router.controllers.routing.injector import InjectorSettings, NodeInfo, RouteInjector
 from kube_router.controllers.routing.node_firewall import build_spec
 from kube_router.controllers.routing.ports import RoutingPorts
-from kube_router.controllers.routing.settings import RoutingSettings
 from kube_router.dataplane.ipvs import Family
 from kube_router.dataplane.routes import Encap
 from kube_router.k8s.models import Node

@@ -29,7 +29,10 @@ from typing import TYPE_CHECKING, Final
 
 from kube_router import node as node_info
 from kube_router.bgp.model import IPV4, IPV6, GlobalSpec, GracefulRestart
-from kube_router.controllers.routing.communities import COMMUNITIES_ANNOTATION, parse_communities
+from kube_router.controllers.routing.compile.communities import (
+    COMMUNITIES_ANNOTATION,
+    parse_communities,
+)
 from kube_router.controllers.shared.pod_cidrs import node_pod_cidrs
 from kube_router.goparse import parse_cidr, parse_ip, parse_uint
 from kube_router.k8s.models import Node

@@ -35,7 +35,7 @@ import yaml
 from kube_router import node as node_info
 from kube_router.bgp.model import IPV4, IPV6, PeerSpec
 from kube_router.config_checks import MAX_BFD_INTERVAL_MS, MAX_BFD_MULTIPLIER, PEER_ASN_RANGES
-from kube_router.controllers.routing.settings import (
+from kube_router.controllers.routing.compile.settings import (
     NODE_ASN_ANNOTATION,
     RR_CLIENT_ANNOTATION,
     RR_SERVER_ANNOTATION,

@@ -48,7 +48,7 @@ from kube_router.bgp.model import (
     PrefixMatch,
     StatementSpec,
 )
-from kube_router.controllers.routing.settings import RoutingSettings
+from kube_router.controllers.routing.compile.settings import RoutingSettings
 
 POD_CIDR_SET: Final = "podcidrdefinedset"
 POD_CIDR_SET_V6: Final = "podcidrdefinedsetv6"

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from kube_router.bgp.model import IPV4, IPV6, PathSpec
-from kube_router.controllers.routing.settings import RoutingSettings
+from kube_router.controllers.routing.compile.settings import RoutingSettings
 from kube_router.controllers.shared import services
 from kube_router.controllers.shared.services import Ranges
 from kube_router.goparse import parse_bool, parse_ip
