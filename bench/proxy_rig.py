@@ -23,7 +23,6 @@ import msgspec
 from kube_router.config import parse
 from kube_router.controllers.base import Barriers, RunContext
 from kube_router.controllers.proxy.controller import ServiceProxyController
-from kube_router.controllers.proxy.endpoints import SERVICE_NAME_LABEL
 from kube_router.controllers.proxy.firewall import ProxyFirewall
 from kube_router.controllers.proxy.healthcheck import HealthCheckServers
 from kube_router.controllers.proxy.ports import ProxyDataplane
@@ -34,7 +33,7 @@ from kube_router.dataplane.ipvs_fake import FakeIPVS
 from kube_router.dataplane.vips import Op, VipManager
 from kube_router.dataplane.vips_fake import FakeKernel, FakeNetns
 from kube_router.health import HealthChecker
-from kube_router.k8s.informers import SERVICE_NAME_INDEX, endpointslice_service
+from kube_router.k8s.informers import SERVICE_NAME_INDEX, SERVICE_NAME_LABEL, endpointslice_service
 from kube_router.k8s.models import EndpointSlice, Node, Service
 from kube_router.k8s.store import Store
 from kube_router.node import NodeIdentity

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 NAMESPACE = "kube_router"
 HEARTBEAT_INTERVAL_S = 3.0
 SYNC_PERIOD_S = 5.0
+GO_EXPONENT_FROM: Final = 6  # Go's shortest %g switches to an exponent from 1e+06 on
+GO_EXPONENT_BELOW: Final = -4  # ... and below 1e-04
 
 # Exposition text a controller produces at scrape time from an asynchronous read (the IPVS
 # counters). Text rather than a Collector: upstream's Go counters such as
@@ -158,9 +160,3 @@ def write_family(
         text = ",".join(f'{k}="{_escape(v, True)}"' for k, v in pairs)
         lines.append(f"{full}{{{text}}} {go_float(value)}" if text else f"{full} {go_float(value)}")
     return "\n".join(lines) + "\n"
-
-
-GO_EXPONENT_FROM: Final = 6  # Go's shortest %g switches to an exponent from 1e+06 on
-
-
-GO_EXPONENT_BELOW: Final = -4  # ... and below 1e-04

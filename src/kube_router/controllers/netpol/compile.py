@@ -45,8 +45,8 @@ from kube_router.controllers.netpol.resolve import (
     all_pods,
     excepts_cross,
     family_ips,
-    has_named_port,
     ipblock_entries,
+    named_ports_anywhere,
     peer_pods,
     policy_types,
     resolve_ports,
@@ -126,10 +126,6 @@ def _resolve_rule(
     return rule
 
 
-def _has_ipblock(peers: Sequence[NetworkPolicyPeer]) -> bool:
-    return any(peer.ip_block is not None for peer in peers)
-
-
 def _resolve_rules(
     policy: NetworkPolicy,
     targets: list[Pod],
@@ -156,7 +152,7 @@ def _resolve_rules(
             # pod's for no ``to`` and for ipBlocks (upstream takes the policy namespace's pods'
             # numbers and matches them towards any address, and drops them towards ipBlocks).
             rule.ports, rule.named = resolve_ports(erule.ports, rule.peer_pods, where)
-            if has_named_port(erule.ports) and (rule.match_all_peers or _has_ipblock(erule.to)):
+            if named_ports_anywhere(erule):
                 rule.named_any = resolve_ports(erule.ports, all_pods(context[0]), where)[1]
             out[EGRESS].append(rule)
     return out

@@ -100,9 +100,7 @@ def direction_chains(
     if ingress:
         out["ingress"] = policy_chain(namespace, name, family)
     if egress:
-        both = ingress
-        maker = policy_egress_chain if both else policy_chain
-        out["egress"] = maker(namespace, name, family)
+        out["egress"] = (policy_egress_chain if ingress else policy_chain)(namespace, name, family)
     return out
 
 

@@ -22,6 +22,7 @@ from kube_router.k8s.models import (
     LabelSelector,
     Namespace,
     NetworkPolicy,
+    NetworkPolicyEgressRule,
     NetworkPolicyPeer,
     NetworkPolicyPort,
     Pod,
@@ -368,14 +369,17 @@ def has_named_port(ports: Sequence[NetworkPolicyPort]) -> bool:
     return any(isinstance(port.port, str) for port in ports)
 
 
-def resolves_named_ports_anywhere(policy: NetworkPolicy) -> bool:
-    """Whether an egress rule's named ports reach destinations that no selector names (no
-    ``to``, or an ipBlock): they resolve on every pod of the cluster, so any pod can move them."""
-    return any(
-        has_named_port(rule.ports)
-        and (not rule.to or any(peer.ip_block is not None for peer in rule.to))
-        for rule in policy.spec.egress
+def named_ports_anywhere(rule: NetworkPolicyEgressRule) -> bool:
+    """Whether the rule's named ports reach destinations that no selector names (no ``to``, or an
+    ipBlock): they resolve on every pod of the cluster."""
+    return has_named_port(rule.ports) and (
+        not rule.to or any(peer.ip_block is not None for peer in rule.to)
     )
+
+
+def resolves_named_ports_anywhere(policy: NetworkPolicy) -> bool:
+    """Whether an egress rule resolves named ports on every pod, so any pod can move them."""
+    return any(named_ports_anywhere(rule) for rule in policy.spec.egress)
 
 
 def all_pods(pods_index: PodsByNs) -> list[Pod]:

@@ -15,7 +15,6 @@ from typing import Final
 from kube_router.dataplane.ipvs import Family
 from kube_router.k8s.models import EndpointSlice
 
-SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
 HEADLESS_LABEL: Final = "service.kubernetes.io/headless"
 ADDRESS_TYPES: Final[dict[str, Family]] = {"IPv4": "ipv4", "IPv6": "ipv6"}
 

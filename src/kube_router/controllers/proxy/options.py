@@ -6,7 +6,6 @@ controller) and the documented default; the Service is still programmed.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -29,9 +28,6 @@ OUR_PROXY_NAME: Final = "kube-router"
 SCHEDULERS: Final = ("rr", "lc", "dh", "sh", "mh")  # upstream's annotation values
 SCHED_FLAGS: Final = {"flag-1": ipvs.F_SCHED1, "flag-2": ipvs.F_SCHED2, "flag-3": ipvs.F_SCHED3}
 DEFAULT_AFFINITY_S: Final = 10800  # Kubernetes' default ClientIP timeout
-IP_MODE_PROXY: Final = "Proxy"
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
