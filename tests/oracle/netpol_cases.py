@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -21,7 +21,7 @@ import msgspec
 from hypothesis import strategies as st
 
 from kube_router.k8s.models import Namespace, NetworkPolicy, Pod
-from oracle.netpol import World
+from oracle.netpol import World, egress_allowed, ingress_allowed, pod_by_ip
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -350,3 +350,27 @@ def _put(into: dict[str, Obj], what: str, resource: str, obj: Obj) -> Step:
     key = key_of(obj)
     into[key] = obj
     return Step(what, resource, key, copy.deepcopy(obj))
+
+
+# --- what one node decides -----------------------------------------------------------------------
+
+
+def local_pods(world: World, addresses: Iterable[str], node_ips: Collection[str]) -> dict[str, Pod]:
+    """The policy pod behind each address that runs on the node with ``node_ips``."""
+    out = {}
+    for address in addresses:
+        pod = pod_by_ip(world, address)
+        if pod is not None and pod.status.host_ip in node_ips:
+            out[address] = pod
+    return out
+
+
+def node_allows(
+    world: World, local: Mapping[str, Pod], src: str, dst: str, protocol: str, port: int
+) -> bool:
+    """What the node must decide: the egress leg of a local source pod and the ingress leg of a
+    local destination pod (``local`` from :func:`local_pods`; a leg on another node is that
+    node's business)."""
+    if src in local and not egress_allowed(world, local[src], dst, port, protocol):
+        return False
+    return dst not in local or ingress_allowed(world, local[dst], src, port, protocol)

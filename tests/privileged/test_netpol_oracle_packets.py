@@ -23,8 +23,17 @@ from pathlib import Path
 import pytest
 from netpol_cluster import NODE_IP, REMOTE_IP, Cell, Cluster, open_cluster
 
-from oracle import netpol as oracle
-from oracle.netpol_cases import PORTS, Scenario, SeededChooser, Slot, Step, churn, scenario
+from oracle.netpol_cases import (
+    PORTS,
+    Scenario,
+    SeededChooser,
+    Slot,
+    Step,
+    churn,
+    local_pods,
+    node_allows,
+    scenario,
+)
 
 DEFAULT_SEEDS = 3
 SEEDS = int(os.environ.get("NETPOL_FUZZ_SEEDS", DEFAULT_SEEDS))
@@ -73,24 +82,17 @@ def blocks(c: Cluster) -> list[dict[str, object]]:
 
 def expected_denied(c: Cluster, world: Scenario, family: str) -> set[Cell]:
     model = world.world()
-    six = family == "ipv6"
-    denied: set[Cell] = set()
-    for src in c.net.pods:
-        for dst in c.net.pods:
-            if src is dst or src.node == dst.node == "remote":
-                continue
-            src_ip, dst_ip = (src.ip6, dst.ip6) if six else (src.ip, dst.ip)
-            s, d = oracle.pod_by_ip(model, src_ip), oracle.pod_by_ip(model, dst_ip)
-            for proto in PROBED:
-                for port in PORTS:
-                    ok = True
-                    if s is not None and s.status.host_ip == NODE_IP:
-                        ok = oracle.egress_allowed(model, s, dst_ip, port, proto)
-                    if ok and d is not None and d.status.host_ip == NODE_IP:
-                        ok = oracle.ingress_allowed(model, d, src_ip, port, proto)
-                    if not ok:
-                        denied.add((src.key, dst.key, proto.lower(), port))
-    return denied
+    address = {pod.key: pod.ip6 if family == "ipv6" else pod.ip for pod in c.net.pods}
+    local = local_pods(model, address.values(), (NODE_IP,))
+    return {
+        (src.key, dst.key, proto.lower(), port)
+        for src in c.net.pods
+        for dst in c.net.pods
+        if src is not dst and not src.node == dst.node == "remote"
+        for proto in PROBED
+        for port in PORTS
+        if not node_allows(model, local, address[src.key], address[dst.key], proto, port)
+    }
 
 
 async def load(c: Cluster, world: Scenario) -> None:

@@ -32,12 +32,6 @@ NODE_IP, NODE_IP6 = "192.168.50.1", "fd00:50::1"
 REMOTE_IP, REMOTE_IP6 = "192.168.50.2", "fd00:50::2"
 LOCAL_CIDRS = ("10.244.1.0/24", "fd00:244:1::/64")
 EMPTY_FILTER = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
-MODELS: dict[str, type[Any]] = {
-    "pods": Pod,
-    "namespaces": Namespace,
-    "networkpolicies": NetworkPolicy,
-    "nodes": Node,
-}
 
 
 @dataclass

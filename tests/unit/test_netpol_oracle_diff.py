@@ -31,8 +31,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netpol_fake_node import NODE_IP, NODE_IP6, REMOTE_IP, REMOTE_IP6, FakeNode
 
-from kube_router.k8s.models import Pod
-from oracle import netpol as oracle
 from oracle.netpol_cases import (
     PORTS,
     PROTOCOLS,
@@ -41,6 +39,8 @@ from oracle.netpol_cases import (
     Scenario,
     Slot,
     churn,
+    local_pods,
+    node_allows,
     scenario,
 )
 
@@ -88,30 +88,6 @@ def endpoints(family: int) -> list[tuple[str, str]]:
     return out
 
 
-def local_pods(world: oracle.World) -> dict[str, Pod]:
-    """The oracle's pod for each endpoint address that is a policy pod on this node."""
-    out = {}
-    for family in (4, 6):
-        for address, _ in endpoints(family):
-            pod = oracle.pod_by_ip(world, address)
-            if pod is not None and pod.status.host_ip in (NODE_IP, NODE_IP6):
-                out[address] = pod
-    return out
-
-
-def _leg_allowed(
-    world: oracle.World, local: dict[str, Pod], src: str, dst: str, proto: str, port: int
-) -> bool:
-    """What this node must decide: the egress leg of a local source pod and the ingress leg of a
-    local destination pod (a leg on the other node is that node's business)."""
-    ok = True
-    if src in local:
-        ok = oracle.egress_allowed(world, local[src], dst, port, proto)
-    if ok and dst in local:
-        ok = oracle.ingress_allowed(world, local[dst], src, port, proto)
-    return ok
-
-
 def cells(world: Scenario) -> Iterator[tuple[str, str, str, int, bool]]:
     """(src, dst, protocol, port, bridged) for every cell this node sees."""
     for family in (4, 6):
@@ -128,10 +104,11 @@ def cells(world: Scenario) -> Iterator[tuple[str, str, str, int, bool]]:
 
 def wrong_cells(node: FakeNode, world: Scenario) -> list[str]:
     model = world.world()
-    local = local_pods(model)
+    addresses = [a for family in (4, 6) for a, _ in endpoints(family)]
+    local = local_pods(model, addresses, (NODE_IP, NODE_IP6))
     wrong = []
     for src, dst, proto, port, bridged in cells(world):
-        want = _leg_allowed(model, local, src, dst, proto, port)
+        want = node_allows(model, local, src, dst, proto, port)
         got = node.verdict(src, dst, proto, port, bridged=bridged)
         if got != want:
             verdict = "allowed" if got else "denied"
